@@ -1,0 +1,16 @@
+from django.contrib import admin
+from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView
+from rest_framework.permissions import AllowAny
+
+from jobs.errors import json_404, json_500
+
+urlpatterns = [
+    path("admin/", admin.site.urls),
+    path("v1/", include("jobs.urls")),
+    path("v1/", include("workers.urls")),
+    path("v1/openapi.json", SpectacularAPIView.as_view(permission_classes=[AllowAny], authentication_classes=[]), name="openapi-schema"),
+]
+
+handler404 = json_404
+handler500 = json_500

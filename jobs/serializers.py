@@ -1,0 +1,119 @@
+"""Input serializers (validation) and output serializers (OpenAPI documentation)."""
+
+from django.conf import settings
+from rest_framework import serializers
+
+from .errors import ApiError
+from .models import Batch, File
+from .services import COMPLETION_WINDOWS
+
+
+class FileUploadSerializer(serializers.Serializer):
+    file = serializers.FileField(help_text="A JSONL file, one request per line.", allow_empty_file=True)
+    purpose = serializers.ChoiceField(
+        choices=[File.Purpose.BATCH], help_text="Only 'batch' is accepted for uploads."
+    )
+
+
+class FileListQuerySerializer(serializers.Serializer):
+    purpose = serializers.ChoiceField(choices=File.Purpose.choices, required=False)
+    limit = serializers.IntegerField(min_value=1, max_value=10000, default=10000)
+    after = serializers.CharField(required=False, help_text="A file id: list the files after it.")
+    order = serializers.ChoiceField(choices=["asc", "desc"], default="desc")
+
+
+class BatchListQuerySerializer(serializers.Serializer):
+    limit = serializers.IntegerField(min_value=1, max_value=100, default=20)
+    after = serializers.CharField(required=False, help_text="A batch id: list the batches after it.")
+
+
+def _validate_metadata(value):
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise ApiError("metadata must be an object of string keys and string values.", code="invalid_type", param="metadata")
+    limit = settings.VLLM_BATCH["MAX_METADATA_PAIRS"]
+    if len(value) > limit:
+        raise ApiError(f"metadata may hold at most {limit} pairs.", code="invalid_value", param="metadata")
+    for key, item in value.items():
+        if not isinstance(item, str):
+            raise ApiError(f"metadata.{key} must be a string.", code="invalid_type", param=f"metadata.{key}")
+        if len(key) > 64:
+            raise ApiError("metadata keys may be at most 64 characters.", code="invalid_value", param="metadata")
+        if len(item) > 512:
+            raise ApiError("metadata values may be at most 512 characters.", code="invalid_value", param=f"metadata.{key}")
+    return value
+
+
+class BatchCreateSerializer(serializers.Serializer):
+    input_file_id = serializers.CharField(help_text="The id of an uploaded file with purpose 'batch'.")
+    endpoint = serializers.ChoiceField(choices=Batch.Endpoint.choices, help_text="The endpoint every request calls.")
+    completion_window = serializers.ChoiceField(choices=list(COMPLETION_WINDOWS), help_text="Only '24h'.")
+    metadata = serializers.JSONField(required=False, allow_null=True, help_text="Up to 16 string key-value pairs.")
+
+    def validate_metadata(self, value):
+        return _validate_metadata(value)
+
+
+class FileObjectSerializer(serializers.Serializer):
+    id = serializers.CharField()
+    object = serializers.CharField(help_text="Always 'file'.")
+    bytes = serializers.IntegerField()
+    created_at = serializers.IntegerField(help_text="Unix seconds.")
+    expires_at = serializers.IntegerField(allow_null=True)
+    filename = serializers.CharField()
+    purpose = serializers.ChoiceField(choices=File.Purpose.choices)
+    status = serializers.CharField(help_text="Always 'processed'.")
+    status_details = serializers.CharField(allow_null=True)
+
+
+class RequestCountsSerializer(serializers.Serializer):
+    total = serializers.IntegerField()
+    completed = serializers.IntegerField()
+    failed = serializers.IntegerField()
+
+
+class BatchObjectSerializer(serializers.Serializer):
+    id = serializers.CharField()
+    object = serializers.CharField(help_text="Always 'batch'.")
+    endpoint = serializers.CharField()
+    model = serializers.CharField(allow_null=True, help_text="The model the requests name, once validated.")
+    errors = serializers.JSONField(allow_null=True, help_text="{'object': 'list', 'data': [...]} when validation failed.")
+    input_file_id = serializers.CharField()
+    completion_window = serializers.CharField()
+    status = serializers.ChoiceField(choices=Batch.Status.choices)
+    output_file_id = serializers.CharField(allow_null=True)
+    error_file_id = serializers.CharField(allow_null=True)
+    created_at = serializers.IntegerField()
+    in_progress_at = serializers.IntegerField(allow_null=True)
+    expires_at = serializers.IntegerField()
+    finalizing_at = serializers.IntegerField(allow_null=True)
+    completed_at = serializers.IntegerField(allow_null=True)
+    failed_at = serializers.IntegerField(allow_null=True)
+    expired_at = serializers.IntegerField(allow_null=True)
+    cancelling_at = serializers.IntegerField(allow_null=True)
+    cancelled_at = serializers.IntegerField(allow_null=True)
+    request_counts = RequestCountsSerializer()
+    usage = serializers.JSONField(help_text="Token totals: input_tokens, output_tokens, total_tokens.")
+    metadata = serializers.JSONField(allow_null=True)
+
+
+class ListSerializer(serializers.Serializer):
+    object = serializers.CharField(help_text="Always 'list'.")
+    first_id = serializers.CharField(allow_null=True)
+    last_id = serializers.CharField(allow_null=True)
+    has_more = serializers.BooleanField()
+
+
+class FileListSerializer(ListSerializer):
+    data = FileObjectSerializer(many=True)
+
+
+class BatchListSerializer(ListSerializer):
+    data = BatchObjectSerializer(many=True)
+
+
+class DeletedFileSerializer(serializers.Serializer):
+    id = serializers.CharField()
+    object = serializers.CharField()
+    deleted = serializers.BooleanField()

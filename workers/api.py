@@ -1,0 +1,31 @@
+from drf_spectacular.utils import extend_schema
+from rest_framework import serializers
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from jobs.errors import NotFound
+
+from .models import RegisteredModel
+
+
+class ModelObjectSerializer(serializers.Serializer):
+    id = serializers.CharField(help_text="The name requests put in `model`.")
+    object = serializers.CharField()
+    created = serializers.IntegerField()
+    owned_by = serializers.CharField()
+
+
+class ModelsView(APIView):
+    @extend_schema(responses=ModelObjectSerializer(many=True), operation_id="models_list")
+    def get(self, request):
+        models = RegisteredModel.objects.filter(is_active=True).order_by("name")
+        return Response({"object": "list", "data": [m.to_openai() for m in models]})
+
+
+class ModelDetailView(APIView):
+    @extend_schema(responses=ModelObjectSerializer, operation_id="models_retrieve")
+    def get(self, request, model_id):
+        model = RegisteredModel.objects.filter(is_active=True, name=model_id).first()
+        if model is None:
+            raise NotFound(f"The model '{model_id}' does not exist.", param="model")
+        return Response(model.to_openai())

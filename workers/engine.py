@@ -1,0 +1,265 @@
+"""The vLLM engine, behind one module: load, generate, embed, unload.
+
+Nothing else in the project imports vllm, so the web process never pays for it
+and swapping or upgrading the engine is a change to this file alone. Results
+come back as plain dataclasses; workers/responses.py turns them into OpenAI bodies.
+"""
+
+import gc
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+# vLLM reads these at import; safe defaults for a CPU host, ignored on CUDA.
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", os.environ.get("VLLM_BATCH_CPU_KVCACHE_GIB", "2"))
+os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
+os.environ.setdefault("VLLM_DO_NOT_TRACK", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import vllm  # noqa: E402
+from vllm.pooling_params import PoolingParams  # noqa: E402
+from vllm.sampling_params import SamplingParams, StructuredOutputsParams  # noqa: E402
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_ENGINE_ARGS = {
+    # Compact JSON from structured outputs: without it a weak model can spend
+    # max_tokens on whitespace and never close the object.
+    "structured_outputs_config": {"backend": "xgrammar", "disable_any_whitespace": True},
+    "disable_log_stats": True,
+}
+
+
+class EngineError(Exception):
+    """A request the engine refused on its own (bad parameters, prompt too long)."""
+
+    def __init__(self, message, param=None, code="invalid_request"):
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.code = code
+
+
+@dataclass
+class TokenLogprob:
+    token: str
+    logprob: float
+    bytes: list
+    top: list = field(default_factory=list)  # [(token, logprob, bytes)]
+
+
+@dataclass
+class Choice:
+    text: str
+    completion_tokens: int
+    finish_reason: str
+    stop_reason: object = None
+    logprobs: list | None = None  # [TokenLogprob]
+
+
+@dataclass
+class Generation:
+    prompt_tokens: int
+    choices: list
+
+
+@dataclass
+class Embedding:
+    prompt_tokens: int
+    vector: list
+
+
+@dataclass
+class GenerateItem:
+    """One engine request. `chat` holds messages; otherwise `prompt` is a string
+    or a list of token ids."""
+
+    key: object
+    sampling: dict
+    chat: list | None = None
+    prompt: object = None
+    chat_options: dict = field(default_factory=dict)
+
+
+def _token_bytes(token):
+    return list(token.encode("utf-8", errors="replace")) if token is not None else None
+
+
+def _logprobs(output, want):
+    if not want or output.logprobs is None:
+        return None
+    entries = []
+    for token_id, position in zip(output.token_ids, output.logprobs, strict=False):
+        chosen = position.get(token_id)
+        top = sorted(position.items(), key=lambda kv: (kv[1].rank or 0))
+        token = chosen.decoded_token if chosen else ""
+        entries.append(
+            TokenLogprob(
+                token=token,
+                logprob=chosen.logprob if chosen else float("-inf"),
+                bytes=_token_bytes(token),
+                top=[(lp.decoded_token, lp.logprob, _token_bytes(lp.decoded_token)) for _, lp in top][:want],
+            )
+        )
+    return entries
+
+
+def _generation(request_output, want_logprobs):
+    return Generation(
+        prompt_tokens=len(request_output.prompt_token_ids or ()),
+        choices=[
+            Choice(
+                text=o.text,
+                completion_tokens=len(o.token_ids),
+                finish_reason=o.finish_reason or "stop",
+                stop_reason=o.stop_reason,
+                logprobs=_logprobs(o, want_logprobs),
+            )
+            for o in sorted(request_output.outputs, key=lambda o: o.index)
+        ],
+    )
+
+
+def _sampling_params(kwargs):
+    kwargs = dict(kwargs)
+    structured = kwargs.pop("structured_outputs", None)
+    if structured:
+        kwargs["structured_outputs"] = StructuredOutputsParams(**structured)
+    return SamplingParams(**kwargs)
+
+
+class Engine:
+    """One loaded model. Not thread-safe: the worker drives it from one thread,
+    and `lock` guards the few places another thread touches it."""
+
+    def __init__(self, name, engine_args):
+        self.name = name
+        self.engine_args = dict(engine_args)
+        self.runner = self.engine_args.get("runner", "generate")
+        self.lock = threading.Lock()
+        args = {**DEFAULT_ENGINE_ARGS, **self.engine_args}
+        if self.runner == "pooling":
+            args.pop("structured_outputs_config", None)
+        started = time.monotonic()
+        logger.info("loading model %s from %s", name, args.get("model"))
+        self.llm = vllm.LLM(**args)
+        self.max_model_len = self.llm.llm_engine.model_config.max_model_len
+        logger.info("model %s loaded in %.1f s", name, time.monotonic() - started)
+
+    def shutdown(self, timeout=30):
+        """Stops the engine's processes and frees its memory."""
+        llm, self.llm = self.llm, None
+        if llm is None:
+            return
+        try:
+            llm.llm_engine.engine_core.shutdown(timeout=timeout)
+        except Exception:
+            logger.exception("engine shutdown raised")
+        del llm
+        gc.collect()
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        except Exception:
+            logger.debug("no CUDA cache to empty", exc_info=True)
+
+    # -- generation ---------------------------------------------------------
+
+    def _add(self, item):
+        params = _sampling_params(item.sampling)
+        if item.chat is not None:
+            options = item.chat_options
+            (request_id,) = self.llm.enqueue_chat(
+                [item.chat],
+                params,
+                use_tqdm=False,
+                chat_template_kwargs=options.get("chat_template_kwargs"),
+                add_generation_prompt=options.get("add_generation_prompt", True),
+                continue_final_message=options.get("continue_final_message", False),
+                tools=options.get("tools"),
+            )
+        else:
+            prompt = item.prompt
+            if isinstance(prompt, list):
+                prompt = {"prompt_token_ids": prompt}
+            (request_id,) = self.llm.enqueue(prompt, params, use_tqdm=False)
+        # enqueue* return the engine's internal id "<n>-<random>"; outputs carry
+        # the external "<n>". Abort takes the internal one.
+        return request_id.split("-", 1)[0], request_id
+
+    def generate(self, items: Iterable[GenerateItem], window: int = 1024) -> Iterator[tuple]:
+        """Streams items through vLLM's continuous batching.
+
+        Keeps up to `window` requests in the engine and yields (key, Generation)
+        as each finishes, or (key, EngineError) for a request the engine refused.
+        Closing the generator aborts whatever is still in flight."""
+        engine = self.llm.llm_engine
+        pending = iter(items)
+        in_flight = {}
+        exhausted = False
+        try:
+            while True:
+                while not exhausted and len(in_flight) < window:
+                    item = next(pending, None)
+                    if item is None:
+                        exhausted = True
+                        break
+                    try:
+                        external_id, internal_id = self._add(item)
+                    except Exception as exc:  # vLLM validates while adding
+                        yield item.key, EngineError(str(exc))
+                        continue
+                    in_flight[external_id] = (internal_id, item)
+                if not in_flight:
+                    return
+                if not engine.has_unfinished_requests():
+                    # step() would block forever; never seen, but never hang on it.
+                    lost = list(in_flight.values())
+                    in_flight.clear()
+                    for _, item in lost:
+                        yield item.key, EngineError("The engine dropped the request.", code="engine_error")
+                    continue
+                for output in engine.step():
+                    if not output.finished:
+                        continue
+                    entry = in_flight.pop(output.request_id, None)
+                    if entry is None:
+                        continue
+                    item = entry[1]
+                    yield item.key, _generation(output, item.sampling.get("logprobs"))
+        finally:
+            if in_flight:
+                engine.abort_request([internal_id for internal_id, _ in in_flight.values()], internal=True)
+                # Drain so the aborted requests don't surface in a later call.
+                while engine.has_unfinished_requests():
+                    engine.step()
+
+    # -- embeddings ---------------------------------------------------------
+
+    def embed(self, inputs, dimensions=None):
+        """Embeds a list of strings or token-id lists; returns a list of
+        Embedding or EngineError, one per input."""
+        prompts = [{"prompt_token_ids": x} if isinstance(x, list) else x for x in inputs]
+        params = PoolingParams(dimensions=dimensions) if dimensions else None
+        try:
+            outputs = self.llm.embed(prompts, pooling_params=params, use_tqdm=False)
+        except Exception:
+            if len(prompts) == 1:
+                raise
+            # Find which inputs the engine refuses without losing the others.
+            return [self._embed_one(p, params) for p in prompts]
+        return [Embedding(len(o.prompt_token_ids or ()), list(o.outputs.embedding)) for o in outputs]
+
+    def _embed_one(self, prompt, params):
+        try:
+            (output,) = self.llm.embed([prompt], pooling_params=params, use_tqdm=False)
+        except Exception as exc:
+            return EngineError(str(exc))
+        return Embedding(len(output.prompt_token_ids or ()), list(output.outputs.embedding))

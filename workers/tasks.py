@@ -1,0 +1,22 @@
+"""django-q2 entry points. They take ids and call services."""
+
+import logging
+
+from .lifecycle import busy
+
+logger = logging.getLogger(__name__)
+
+
+def process_batch_task(batch_id):
+    from .runner import process_batch
+
+    with busy():
+        outcome = process_batch(batch_id)
+    logger.info("batch %s: %s", batch_id, outcome)
+    return outcome
+
+
+def watchdog_task():
+    from .watchdog import requeue_stale_batches
+
+    return requeue_stale_batches()
