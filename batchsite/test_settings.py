@@ -2,10 +2,9 @@
 
 import tempfile
 
-from .settings import *  # noqa: F403
+from .settings import *
 
-VAR_DIR = Path(tempfile.mkdtemp(prefix="vllm-batch-test-"))  # noqa: F405
+VAR_DIR = Path(tempfile.mkdtemp(prefix="vllm-batch-test-"))
 FILES_ROOT = VAR_DIR / "files"
-STORAGES["default"]["OPTIONS"]["location"] = str(FILES_ROOT)  # noqa: F405
+STORAGES["default"]["OPTIONS"]["location"] = str(FILES_ROOT)
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-Q_CLUSTER = {**Q_CLUSTER, "sync": True}  # noqa: F405

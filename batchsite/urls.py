@@ -9,7 +9,11 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("v1/", include("jobs.urls")),
     path("v1/", include("workers.urls")),
-    path("v1/openapi.json", SpectacularAPIView.as_view(permission_classes=[AllowAny], authentication_classes=[]), name="openapi-schema"),
+    path(
+        "v1/openapi.json",
+        SpectacularAPIView.as_view(permission_classes=[AllowAny], authentication_classes=[]),
+        name="openapi-schema",
+    ),
 ]
 
 handler404 = json_404

@@ -1,5 +1,4 @@
 from django.contrib import admin, messages
-from django.urls import reverse
 from django.utils.html import format_html
 
 from . import services

@@ -94,7 +94,9 @@ def openai_exception_handler(exc, context):
     if isinstance(exc, exceptions.ParseError):
         return Response(error_envelope(str(exc.detail), "invalid_request_error", None, "invalid_json"), status=400)
     if isinstance(exc, exceptions.UnsupportedMediaType):
-        return Response(error_envelope(str(exc.detail), "invalid_request_error", None, "unsupported_media_type"), status=415)
+        return Response(
+            error_envelope(str(exc.detail), "invalid_request_error", None, "unsupported_media_type"), status=415
+        )
     if isinstance(exc, exceptions.APIException):
         return Response(
             error_envelope(str(exc.detail), "invalid_request_error", None, exc.default_code),

@@ -10,9 +10,7 @@ from .services import COMPLETION_WINDOWS
 
 class FileUploadSerializer(serializers.Serializer):
     file = serializers.FileField(help_text="A JSONL file, one request per line.", allow_empty_file=True)
-    purpose = serializers.ChoiceField(
-        choices=[File.Purpose.BATCH], help_text="Only 'batch' is accepted for uploads."
-    )
+    purpose = serializers.ChoiceField(choices=[File.Purpose.BATCH], help_text="Only 'batch' is accepted for uploads.")
 
 
 class FileListQuerySerializer(serializers.Serializer):
@@ -31,7 +29,9 @@ def _validate_metadata(value):
     if value is None:
         return None
     if not isinstance(value, dict):
-        raise ApiError("metadata must be an object of string keys and string values.", code="invalid_type", param="metadata")
+        raise ApiError(
+            "metadata must be an object of string keys and string values.", code="invalid_type", param="metadata"
+        )
     limit = settings.VLLM_BATCH["MAX_METADATA_PAIRS"]
     if len(value) > limit:
         raise ApiError(f"metadata may hold at most {limit} pairs.", code="invalid_value", param="metadata")
@@ -41,7 +41,9 @@ def _validate_metadata(value):
         if len(key) > 64:
             raise ApiError("metadata keys may be at most 64 characters.", code="invalid_value", param="metadata")
         if len(item) > 512:
-            raise ApiError("metadata values may be at most 512 characters.", code="invalid_value", param=f"metadata.{key}")
+            raise ApiError(
+                "metadata values may be at most 512 characters.", code="invalid_value", param=f"metadata.{key}"
+            )
     return value
 
 
@@ -78,7 +80,9 @@ class BatchObjectSerializer(serializers.Serializer):
     object = serializers.CharField(help_text="Always 'batch'.")
     endpoint = serializers.CharField()
     model = serializers.CharField(allow_null=True, help_text="The model the requests name, once validated.")
-    errors = serializers.JSONField(allow_null=True, help_text="{'object': 'list', 'data': [...]} when validation failed.")
+    errors = serializers.JSONField(
+        allow_null=True, help_text="{'object': 'list', 'data': [...]} when validation failed."
+    )
     input_file_id = serializers.CharField()
     completion_window = serializers.CharField()
     status = serializers.ChoiceField(choices=Batch.Status.choices)

@@ -63,7 +63,9 @@ def file_create(*, owner, upload, purpose, filename=None):
     if size > max_bytes or lines == 0:
         default_storage.delete(name)
         if lines == 0:
-            raise ApiError("The file is empty: a batch input file needs at least one request.", code="empty_file", param="file")
+            raise ApiError(
+                "The file is empty: a batch input file needs at least one request.", code="empty_file", param="file"
+            )
         raise ApiError(
             f"File is too large: {size} bytes, the limit is {max_bytes} bytes.", code="file_too_large", param="file"
         )

@@ -11,7 +11,6 @@ import os
 import threading
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
 
 # vLLM reads these at import; safe defaults for a CPU host, ignored on CUDA.
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", os.environ.get("VLLM_BATCH_CPU_KVCACHE_GIB", "2"))
@@ -21,9 +20,18 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import vllm  # noqa: E402
-from vllm.pooling_params import PoolingParams  # noqa: E402
-from vllm.sampling_params import SamplingParams, StructuredOutputsParams  # noqa: E402
+import vllm
+from vllm.pooling_params import PoolingParams
+from vllm.sampling_params import SamplingParams, StructuredOutputsParams
+
+from .engine_types import (
+    Choice,
+    Embedding,
+    EngineError,
+    GenerateItem,
+    Generation,
+    TokenLogprob,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -33,57 +41,6 @@ DEFAULT_ENGINE_ARGS = {
     "structured_outputs_config": {"backend": "xgrammar", "disable_any_whitespace": True},
     "disable_log_stats": True,
 }
-
-
-class EngineError(Exception):
-    """A request the engine refused on its own (bad parameters, prompt too long)."""
-
-    def __init__(self, message, param=None, code="invalid_request"):
-        super().__init__(message)
-        self.message = message
-        self.param = param
-        self.code = code
-
-
-@dataclass
-class TokenLogprob:
-    token: str
-    logprob: float
-    bytes: list
-    top: list = field(default_factory=list)  # [(token, logprob, bytes)]
-
-
-@dataclass
-class Choice:
-    text: str
-    completion_tokens: int
-    finish_reason: str
-    stop_reason: object = None
-    logprobs: list | None = None  # [TokenLogprob]
-
-
-@dataclass
-class Generation:
-    prompt_tokens: int
-    choices: list
-
-
-@dataclass
-class Embedding:
-    prompt_tokens: int
-    vector: list
-
-
-@dataclass
-class GenerateItem:
-    """One engine request. `chat` holds messages; otherwise `prompt` is a string
-    or a list of token ids."""
-
-    key: object
-    sampling: dict
-    chat: list | None = None
-    prompt: object = None
-    chat_options: dict = field(default_factory=dict)
 
 
 def _token_bytes(token):
@@ -96,7 +53,7 @@ def _logprobs(output, want):
     entries = []
     for token_id, position in zip(output.token_ids, output.logprobs, strict=False):
         chosen = position.get(token_id)
-        top = sorted(position.items(), key=lambda kv: (kv[1].rank or 0))
+        top = sorted(position.items(), key=lambda kv: kv[1].rank or 0)
         token = chosen.decoded_token if chosen else ""
         entries.append(
             TokenLogprob(

@@ -23,7 +23,7 @@ class RegisteredModel(models.Model):
     gpu_memory_utilization = models.FloatField(default=0.9, help_text="Share of device memory vLLM may take (0-1].")
     tensor_parallel_size = models.PositiveIntegerField(default=1)
     extra_engine_args = models.JSONField(
-        default=dict, blank=True, help_text="More keyword arguments for vllm.LLM, e.g. {\"max_num_seqs\": 128}."
+        default=dict, blank=True, help_text='More keyword arguments for vllm.LLM, e.g. {"max_num_seqs": 128}.'
     )
     is_active = models.BooleanField(default=True, help_text="Inactive models are hidden from /v1/models and refused.")
     created_at = models.DateTimeField(auto_now_add=True)

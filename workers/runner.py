@@ -26,6 +26,7 @@ from jobs.validation import iter_request_lines, validate_input
 
 from . import params as P
 from . import responses
+from .engine_types import EngineError, GenerateItem
 from .models import RegisteredModel
 
 logger = logging.getLogger(__name__)
@@ -52,8 +53,8 @@ def holder_is_dead_here(holder):
 def reap_dead_leases():
     """Frees the leases of dead local workers at once, instead of waiting for them to go stale."""
     freed = []
-    for batch_id, holder in Batch.objects.filter(status__in=Batch.ACTIVE).exclude(claimed_by="").values_list(
-        "pk", "claimed_by"
+    for batch_id, holder in (
+        Batch.objects.filter(status__in=Batch.ACTIVE).exclude(claimed_by="").values_list("pk", "claimed_by")
     ):
         if holder_is_dead_here(holder):
             if Batch.objects.filter(pk=batch_id, claimed_by=holder).update(claimed_by="", heartbeat_at=None):
@@ -177,10 +178,14 @@ class ChunkWriter:
         self.chunk_size = settings.VLLM_BATCH["CHUNK_SIZE"]
 
     def add(self, line, custom_id, payload, is_error):
-        self.rows.append(BatchResult(batch_id=self.batch.pk, line=line, custom_id=custom_id, payload=payload, is_error=is_error))
+        self.rows.append(
+            BatchResult(batch_id=self.batch.pk, line=line, custom_id=custom_id, payload=payload, is_error=is_error)
+        )
 
     def due(self):
-        return len(self.rows) >= self.chunk_size or (self.rows and time.monotonic() - self.last_flush > self.flush_seconds)
+        return len(self.rows) >= self.chunk_size or (
+            self.rows and time.monotonic() - self.last_flush > self.flush_seconds
+        )
 
     def flush(self):
         """Saves the chunk; returns the batch's status afterwards (cancel, expiry)."""
@@ -223,7 +228,14 @@ def _generate_items(requests, endpoint, writer, parts):
             else:
                 prompts = P.completion_prompts(body)
         except P.ParamError as exc:
-            writer.add(line, custom_id, responses.request_error_line(custom_id, exc.message, code=exc.code, param=f"body.{exc.param}" if exc.param else None), True)
+            writer.add(
+                line,
+                custom_id,
+                responses.request_error_line(
+                    custom_id, exc.message, code=exc.code, param=f"body.{exc.param}" if exc.param else None
+                ),
+                True,
+            )
             continue
         parts[line] = {"custom_id": custom_id, "body": body, "results": [None] * len(prompts), "left": len(prompts)}
         options = {
@@ -239,18 +251,19 @@ def _generate_items(requests, endpoint, writer, parts):
 
 
 def _item(key, sampling, **kwargs):
-    from .engine import GenerateItem
-
     return GenerateItem(key=key, sampling=sampling, **kwargs)
 
 
 def _finish_generation(line, entry, endpoint, model_name, writer):
-    from .engine import EngineError
-
     custom_id = entry["custom_id"]
     failure = next((r for r in entry["results"] if isinstance(r, EngineError)), None)
     if failure is not None:
-        writer.add(line, custom_id, responses.request_error_line(custom_id, failure.message, code=failure.code, param=failure.param), True)
+        writer.add(
+            line,
+            custom_id,
+            responses.request_error_line(custom_id, failure.message, code=failure.code, param=failure.param),
+            True,
+        )
         return
     if endpoint == Batch.Endpoint.CHAT:
         body = responses.chat_completion(entry["results"][0], model_name)
@@ -279,8 +292,6 @@ def run_generation(batch, engine, writer, should_stop):
 
 
 def run_embeddings(batch, engine, writer, should_stop):
-    from .engine import EngineError
-
     requests = iter_pending_requests(batch, writer.done_lines)
     while True:
         chunk = []
@@ -294,7 +305,12 @@ def run_embeddings(batch, engine, writer, should_stop):
                 if encoding not in ("float", "base64"):
                     raise P.ParamError("'encoding_format' must be 'float' or 'base64'.", "encoding_format")
             except P.ParamError as exc:
-                writer.add(line, custom_id, responses.request_error_line(custom_id, exc.message, code=exc.code, param=f"body.{exc.param}"), True)
+                writer.add(
+                    line,
+                    custom_id,
+                    responses.request_error_line(custom_id, exc.message, code=exc.code, param=f"body.{exc.param}"),
+                    True,
+                )
                 continue
             chunk.append((line, custom_id, inputs, dimensions, encoding))
             if len(chunk) >= writer.chunk_size:
@@ -313,7 +329,12 @@ def run_embeddings(batch, engine, writer, should_stop):
                 offset += len(inputs)
                 failure = next((v for v in mine if isinstance(v, EngineError)), None)
                 if failure is not None:
-                    writer.add(line, custom_id, responses.request_error_line(custom_id, failure.message, code=failure.code), True)
+                    writer.add(
+                        line,
+                        custom_id,
+                        responses.request_error_line(custom_id, failure.message, code=failure.code),
+                        True,
+                    )
                 else:
                     body = responses.embedding_list(mine, engine.name, encoding)
                     writer.add(line, custom_id, responses.output_line(custom_id, body), False)
@@ -359,7 +380,9 @@ def _process_claimed(batch, holder):
 
     model = RegisteredModel.objects.filter(name=batch.model, is_active=True).first()
     if model is None:
-        batch_fail(batch_id=batch.pk, code="model_not_found", message=f"The model '{batch.model}' is no longer registered.")
+        batch_fail(
+            batch_id=batch.pk, code="model_not_found", message=f"The model '{batch.model}' is no longer registered."
+        )
         return "failed"
     engine = engine_host.get_engine(model)
 
@@ -466,7 +489,11 @@ def batch_finalize(*, batch_id, final_status, holder=None):
             Batch.objects.filter(pk=batch_id, finalizing_at=None).update(finalizing_at=now)
             Batch.objects.filter(pk=batch_id).update(status=Batch.Status.FINALIZING, updated_at=now)
         results = BatchResult.objects.filter(batch_id=batch_id).order_by("line")
-        output = _write_file(batch, File.Purpose.BATCH_OUTPUT, (r.payload for r in results.filter(is_error=False).iterator(chunk_size=2000)))
+        output = _write_file(
+            batch,
+            File.Purpose.BATCH_OUTPUT,
+            (r.payload for r in results.filter(is_error=False).iterator(chunk_size=2000)),
+        )
         error_lines = (r.payload for r in results.filter(is_error=True).iterator(chunk_size=2000))
         expired = 0
         if final_status == Batch.Status.EXPIRED and batch.status != Batch.Status.VALIDATING:

@@ -18,7 +18,7 @@ class Command(BaseCommand):
         parser.add_argument("--dtype", choices=RegisteredModel.Dtype.values)
         parser.add_argument("--gpu-memory-utilization", type=float)
         parser.add_argument("--tensor-parallel-size", type=int)
-        parser.add_argument("--engine-args", help='More vllm.LLM arguments as JSON, e.g. \'{"max_num_seqs": 128}\'.')
+        parser.add_argument("--engine-args", help="More vllm.LLM arguments as JSON, e.g. '{\"max_num_seqs\": 128}'.")
 
     def handle(self, name, path, **options):
         if not Path(path).is_dir():
@@ -39,4 +39,6 @@ class Command(BaseCommand):
             tensor_parallel_size=options["tensor_parallel_size"],
             extra_engine_args=extra,
         )
-        self.stdout.write(f"{'Registered' if created else 'Updated'} model '{model.name}' ({model.runner}) at {model.path}")
+        self.stdout.write(
+            f"{'Registered' if created else 'Updated'} model '{model.name}' ({model.runner}) at {model.path}"
+        )
