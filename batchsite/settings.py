@@ -78,9 +78,10 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "rest_framework",
     "drf_spectacular",
-    "django_q",
     "jobs",
+    # Before django_q: workers/management/commands/qcluster.py extends its qcluster.
     "workers",
+    "django_q",
     "labeling",
 ]
 

@@ -1,6 +1,6 @@
 from django.contrib import admin
 from django.urls import include, path
-from drf_spectacular.views import SpectacularAPIView
+from drf_spectacular.views import SpectacularJSONAPIView
 from rest_framework.permissions import AllowAny
 
 from jobs.errors import json_404, json_500
@@ -11,7 +11,7 @@ urlpatterns = [
     path("v1/", include("workers.urls")),
     path(
         "v1/openapi.json",
-        SpectacularAPIView.as_view(permission_classes=[AllowAny], authentication_classes=[]),
+        SpectacularJSONAPIView.as_view(permission_classes=[AllowAny], authentication_classes=[]),
         name="openapi-schema",
     ),
 ]

@@ -2,6 +2,7 @@
 
 from django.conf import settings
 from django.http import FileResponse
+from django.utils.http import content_disposition_header
 from drf_spectacular.utils import extend_schema
 from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
 from rest_framework.response import Response
@@ -42,7 +43,10 @@ class FilesView(APIView):
     @extend_schema(request={"multipart/form-data": FileUploadSerializer}, responses=FileObjectSerializer)
     def post(self, request):
         max_bytes = settings.VLLM_BATCH["MAX_UPLOAD_BYTES"]
-        declared = int(request.META.get("CONTENT_LENGTH") or 0)
+        try:
+            declared = int(request.META.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            declared = 0  # as Django reads it; the multipart parser then refuses the body
         if declared > max_bytes + MULTIPART_OVERHEAD:
             # Refuse before the body is read to disk.
             raise ApiError(
@@ -77,7 +81,8 @@ class FileContentView(APIView):
         file = selectors.file_get(owner=request.user, file_id=file_id)
         response = FileResponse(services.file_open(file), content_type="application/octet-stream")
         response["Content-Length"] = str(file.bytes)
-        response["Content-Disposition"] = f'attachment; filename="{file.filename}"'
+        # Quotes and non-Latin-1 names need RFC 6266 escaping, or the header is malformed.
+        response["Content-Disposition"] = content_disposition_header(as_attachment=True, filename=file.filename)
         return response
 
 

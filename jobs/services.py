@@ -120,7 +120,7 @@ def batch_create(*, owner, input_file, endpoint, completion_window="24h", metada
 def batch_cancel(*, batch):
     """Asks for a cancel. The worker stops within one chunk and keeps finished results;
     a batch no worker holds is finalized here and now."""
-    from workers.runner import batch_finalize, lease_is_live
+    from workers.runner import batch_finalize, holder_is_dead_here, lease_is_live, release
 
     with transaction.atomic():
         batch = Batch.objects.select_for_update().get(pk=batch.pk)
@@ -132,6 +132,9 @@ def batch_cancel(*, batch):
         batch.cancelling_at = timezone.now()
         batch.save(update_fields=["status", "cancelling_at", "updated_at"])
     if not lease_is_live(batch):
+        if batch.claimed_by and holder_is_dead_here(batch.claimed_by):
+            # The dead worker's heartbeat is still fresh, so the finalizer could not claim the batch.
+            release(batch.id, batch.claimed_by)
         batch_finalize(batch_id=batch.id, final_status=Batch.Status.CANCELLED)
         batch.refresh_from_db()
     return batch

@@ -370,9 +370,12 @@ def _process_claimed(batch, holder):
     if batch.status == Batch.Status.VALIDATING:
         if timezone.now() >= batch.expires_at:
             return batch_finalize(batch_id=batch.pk, final_status=Batch.Status.EXPIRED, holder=holder)
-        if not validate_batch(batch):
-            return "failed"
+        valid = validate_batch(batch)
         batch.refresh_from_db()
+        # A cancel that arrived during validation left the batch cancelling, not failed:
+        # it is finalized below rather than dropped with no lease.
+        if not valid and batch.status == Batch.Status.FAILED:
+            return "failed"
     if batch.status == Batch.Status.CANCELLING:
         return batch_finalize(batch_id=batch.pk, final_status=Batch.Status.CANCELLED, holder=holder)
     if batch.status == Batch.Status.FINALIZING:

@@ -1,0 +1,150 @@
+"""Starts and stops a whole vllm-batch on this machine: web server and worker cluster.
+
+Used by the demo and the end-to-end tests, so both run exactly what a user runs:
+`manage.py migrate`, gunicorn, `manage.py qcluster`. Every wait here is bounded.
+"""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import psutil
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def stop_process_tree(proc, timeout=60.0, sig=signal.SIGTERM):
+    """Signals the process (and, once the timeout passes, kills its whole tree).
+    Returns the seconds it took to exit."""
+    started = time.monotonic()
+    if proc is None or proc.poll() is not None:
+        return 0.0
+    try:
+        tree = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        tree = []
+    proc.send_signal(sig)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        for p in tree:
+            try:
+                p.kill()
+            except psutil.NoSuchProcess:
+                pass
+        proc.wait(timeout=30)
+    psutil.wait_procs([p for p in tree if p.pid != proc.pid], timeout=30)
+    return time.monotonic() - started
+
+
+class Stack:
+    def __init__(self, var_dir, env=None, port=None, log_prefix=""):
+        self.var_dir = Path(var_dir)
+        self.var_dir.mkdir(parents=True, exist_ok=True)
+        self.port = port or free_port()
+        self.env = {**os.environ, "VLLM_BATCH_VAR_DIR": str(self.var_dir), "DJANGO_SETTINGS_MODULE": "batchsite.settings"}
+        self.env.update(env or {})
+        self.web = None
+        self.worker = None
+        self.log_prefix = log_prefix
+        self.logs = []
+
+    @property
+    def base_url(self):
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def manage(self, *args, timeout=600):
+        result = subprocess.run(
+            [PYTHON, "manage.py", *args],
+            cwd=PROJECT_DIR,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        if result.returncode != 0:
+            raise RuntimeError(f"manage.py {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
+        return result.stdout
+
+    def setup(self, tiny_path=None):
+        self.manage("migrate", "--noinput", "-v", "0")
+        args = ["register_default_models"]
+        if tiny_path:
+            args += ["--tiny-path", str(tiny_path)]
+        self.manage(*args)
+
+    def create_api_key(self, name):
+        return self.manage("create_api_key", name, "--quiet").strip()
+
+    def _spawn(self, name, args):
+        log = open(self.var_dir / f"{self.log_prefix}{name}.log", "ab")  # noqa: SIM115
+        self.logs.append(log)
+        return subprocess.Popen(
+            args, cwd=PROJECT_DIR, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+    def start_web(self, workers=2):
+        self.web = self._spawn(
+            "web",
+            [PYTHON, "-m", "gunicorn", "batchsite.wsgi", "-b", f"127.0.0.1:{self.port}", "-w", str(workers),
+             "--timeout", "300"],
+        )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.web.poll() is not None:
+                raise RuntimeError(f"web server exited with {self.web.returncode}; see {self.var_dir}")
+            try:
+                urllib.request.urlopen(f"{self.base_url}/openapi.json", timeout=2).close()
+                return
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                time.sleep(0.2)
+        raise RuntimeError("web server did not answer within 60 s")
+
+    def start_worker(self):
+        self.worker = self._spawn("worker", [PYTHON, "manage.py", "qcluster"])
+        return self.worker
+
+    def worker_processes(self):
+        """The cluster's processes: main, sentinel, workers, and vLLM's engine processes."""
+        if self.worker is None or self.worker.poll() is not None:
+            return []
+        main = psutil.Process(self.worker.pid)
+        return [main, *main.children(recursive=True)]
+
+    def stop_worker(self, timeout=120.0):
+        seconds = stop_process_tree(self.worker, timeout=timeout)
+        self.worker = None
+        return seconds
+
+    def kill_worker(self):
+        """kill -9 of every process of the cluster, as a power cut or OOM killer would."""
+        procs = self.worker_processes()
+        for p in procs:
+            try:
+                p.kill()
+            except psutil.NoSuchProcess:
+                pass
+        psutil.wait_procs(procs, timeout=30)
+        self.worker.wait(timeout=30)
+        self.worker = None
+
+    def stop(self):
+        self.stop_worker()
+        stop_process_tree(self.web, timeout=30)
+        self.web = None
+        for log in self.logs:
+            log.close()
+        self.logs = []

@@ -1,0 +1,749 @@
+"""Throughput benchmark: vllm-batch against plain vLLM, on the embedded tiny model.
+
+Runs, one after the other (never two engines at once):
+
+  A. plain vLLM offline, warm: LLM.chat(all conversations) in a subprocess,
+     timed after a warm-up, engine start excluded;
+  B. vLLM's own batch runner, `python -m vllm.entrypoints.openai.run_batch`,
+     timed end to end (engine start included) and processing only (from its
+     "Reading batch" log line to its output file being written; also, as a
+     cross-check, total time minus the total time of a 1-request run);
+  C. vllm-batch, warm worker: migrate, register the model, create an API key,
+     start gunicorn and qcluster, run a small batch to load the engine, then
+     time upload + create -> status "completed" for the N-request file through
+     the openai SDK, and check the output file (N lines, every custom_id once).
+
+Prints a table and writes <out>/bench.json. Usage:
+
+    .venv/bin/python bench/run_batch_bench.py [--requests 2000] [--max-tokens 64] [--out DIR]
+
+The hidden sub-command `_llm_chat` is reference A's child process.
+"""
+
+import argparse
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+MODEL_NAME = "tiny-llama"
+GPU_MEM = "0.3"
+MAX_MODEL_LEN = "2048"
+
+# Time bounds (seconds) for every wait.
+ENGINE_RUN_TIMEOUT = 1800  # one reference run, engine start included
+COMMAND_TIMEOUT = 300  # manage.py commands
+SERVER_START_TIMEOUT = 60  # gunicorn answering
+WARM_BATCH_TIMEOUT = 600  # first batch: worker start + engine load
+TIMED_BATCH_TIMEOUT = 1800
+STOP_TIMEOUT = 45  # SIGTERM -> SIGKILL
+POLL_SECONDS = 0.2
+
+TOPICS = [
+    "Summarize this review in one sentence",
+    "Label the sentiment as positive, negative or neutral",
+    "Answer yes or no",
+    "Translate to a list of words",
+    "Give the name and value as json",
+    "Count the words in this text",
+    "Which city is mentioned",
+    "Write a short answer",
+]
+
+
+def log(message):
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def base_env():
+    env = dict(os.environ)
+    env.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
+    env.setdefault("VLLM_NO_USAGE_STATS", "1")
+    env.setdefault("VLLM_DO_NOT_TRACK", "1")
+    env.setdefault("HF_HUB_OFFLINE", "1")
+    env.setdefault("TRANSFORMERS_OFFLINE", "1")
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+# -- inputs ---------------------------------------------------------------------
+
+
+def build_model(out):
+    path = out / MODEL_NAME
+    if (path / "config.json").exists() and (path / "tokenizer.json").exists():
+        log(f"reusing tiny model at {path}")
+        return path
+    sys.path.insert(0, str(REPO))
+    from workers.tiny_model import build_tiny_model
+
+    started = time.monotonic()
+    build_tiny_model(path)
+    log(f"built tiny model at {path} in {time.monotonic() - started:.1f} s")
+    return path
+
+
+def _words():
+    try:
+        sys.path.insert(0, str(REPO))
+        from workers.tiny_model import WORDS
+
+        return list(WORDS)
+    except Exception:  # the word list is only for variety
+        return ["the", "model", "batch", "worker", "request", "answer", "text", "data"]
+
+
+def prompt_text(rng, words=None):
+    words = words or _words()
+    return f"{rng.choice(TOPICS)}: {' '.join(rng.choice(words) for _ in range(rng.randint(4, 20)))}"
+
+
+def request_line(custom_id, content, max_tokens):
+    return {
+        "custom_id": custom_id,
+        "method": "POST",
+        "url": "/v1/chat/completions",
+        "body": {
+            "model": MODEL_NAME,
+            "messages": [{"role": "user", "content": content}],
+            "max_tokens": max_tokens,
+            "temperature": 0,
+            "ignore_eos": True,
+        },
+    }
+
+
+def write_requests(path, count, max_tokens, prefix, seed):
+    rng = random.Random(seed)
+    words = _words()
+    with open(path, "w") as f:
+        for i in range(count):
+            f.write(json.dumps(request_line(f"{prefix}-{i}", prompt_text(rng, words), max_tokens)) + "\n")
+    return path
+
+
+def read_ids(path):
+    with open(path) as f:
+        return [json.loads(line)["custom_id"] for line in f if line.strip()]
+
+
+def check_output(path_or_bytes, expected_ids):
+    """Checks a batch output JSONL: one line per custom_id, each a 200 response."""
+    if isinstance(path_or_bytes, (bytes, bytearray)):
+        lines = path_or_bytes.decode("utf-8").splitlines()
+    else:
+        lines = Path(path_or_bytes).read_text().splitlines()
+    lines = [line for line in lines if line.strip()]
+    seen = {}
+    bad = 0
+    tokens = 0
+    for line in lines:
+        obj = json.loads(line)
+        seen[obj["custom_id"]] = seen.get(obj["custom_id"], 0) + 1
+        response = obj.get("response") or {}
+        if obj.get("error") or response.get("status_code") != 200:
+            bad += 1
+            continue
+        tokens += (response.get("body") or {}).get("usage", {}).get("completion_tokens", 0)
+    expected = set(expected_ids)
+    result = {
+        "lines": len(lines),
+        "expected": len(expected),
+        "duplicates": sum(1 for n in seen.values() if n > 1),
+        "missing": len(expected - set(seen)),
+        "unexpected": len(set(seen) - expected),
+        "errors": bad,
+        "completion_tokens": tokens,
+    }
+    result["ok"] = (
+        result["lines"] == len(expected)
+        and not result["duplicates"]
+        and not result["missing"]
+        and not result["unexpected"]
+        and not bad
+    )
+    return result
+
+
+# -- processes ------------------------------------------------------------------
+
+
+OUR_GROUPS = set()  # process groups (= sessions) this benchmark started
+
+
+class Procs:
+    """Subprocesses started in their own session; stopped as process groups."""
+
+    def __init__(self):
+        self.procs = []
+
+    def start(self, args, log_path, env, **kwargs):
+        log_file = open(log_path, "ab")  # noqa: SIM115  (closed in stop())
+        proc = subprocess.Popen(
+            args,
+            cwd=str(REPO),
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=kwargs.pop("stdout", log_file),
+            stderr=kwargs.pop("stderr", subprocess.STDOUT),
+            start_new_session=True,
+            **kwargs,
+        )
+        proc._bench_log = log_file
+        OUR_GROUPS.add(proc.pid)
+        self.procs.append(proc)
+        return proc
+
+    def stop(self, proc, timeout=STOP_TIMEOUT):
+        if proc not in self.procs:
+            return
+        self.procs.remove(proc)
+        try:
+            if proc.poll() is None:
+                try:
+                    os.killpg(proc.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+                try:
+                    proc.wait(timeout=timeout)
+                except subprocess.TimeoutExpired:
+                    log(f"pid {proc.pid} ignored SIGTERM for {timeout} s: SIGKILL")
+            # Children (vLLM's EngineCore) can outlive their parent; end the group.
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                log(f"pid {proc.pid} still there after SIGKILL")
+        finally:
+            proc._bench_log.close()
+
+    def stop_all(self):
+        # Workers before the web server: qcluster last started, first stopped.
+        for proc in reversed(list(self.procs)):
+            self.stop(proc)
+
+
+def wait_proc(procs, proc, timeout, what):
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        procs.stop(proc)
+        raise RuntimeError(f"{what} did not finish within {timeout} s") from None
+
+
+def run_command(args, env, log_path, timeout=COMMAND_TIMEOUT):
+    with open(log_path, "ab") as log_file:
+        result = subprocess.run(
+            args,
+            cwd=str(REPO),
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=log_file,
+            timeout=timeout,
+            check=False,
+        )
+        log_file.write(result.stdout)
+    if result.returncode != 0:
+        raise RuntimeError(f"{' '.join(map(str, args))} exited {result.returncode}; see {log_path}")
+    return result.stdout.decode()
+
+
+def cpu_busy_sample(seconds=1.0):
+    """Machine-wide CPU use (percent of all cores) over a short sample, as a noise hint."""
+    try:
+        import psutil
+
+        return psutil.cpu_percent(interval=seconds)
+    except Exception:
+        return None
+
+
+def other_engines():
+    """Other vLLM engine processes on the machine (they would make timings noisy)."""
+    try:
+        import psutil
+    except ImportError:
+        return []
+    found = []
+    for p in psutil.process_iter(["pid", "name", "cmdline"]):
+        try:
+            title = (" ".join(p.info["cmdline"] or []) or p.info["name"] or "").strip()
+            if not title.startswith("VLLM::") or os.getpgid(p.info["pid"]) in OUR_GROUPS:
+                continue
+        except Exception:
+            continue
+        found.append(f"{p.info['pid']} {title}")
+    return found
+
+
+def machine_state(label):
+    state = {"cpu_busy_pct_1s": cpu_busy_sample(), "loadavg": os.getloadavg(), "other_vllm_engines": other_engines()}
+    if state["other_vllm_engines"]:
+        log(f"WARNING before {label}: other vLLM engines are running: {state['other_vllm_engines']}")
+    if state["cpu_busy_pct_1s"] is not None and state["cpu_busy_pct_1s"] > 25:
+        log(f"WARNING before {label}: machine is {state['cpu_busy_pct_1s']:.0f}% busy; timings may be noisy")
+    return state
+
+
+# -- A: plain vLLM LLM.chat -------------------------------------------------------
+
+
+def child_llm_chat(argv):
+    """Reference A's child: load, warm up, time one LLM.chat over every conversation."""
+    parser = argparse.ArgumentParser(prog="run_batch_bench.py _llm_chat")
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--input", required=True)
+    parser.add_argument("--max-tokens", type=int, required=True)
+    parser.add_argument("--result", required=True)
+    args = parser.parse_args(argv)
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
+
+    import vllm
+    from vllm import SamplingParams
+
+    with open(args.input) as f:
+        conversations = [json.loads(line)["body"]["messages"] for line in f if line.strip()]
+    started = time.monotonic()
+    llm = vllm.LLM(model=args.model, gpu_memory_utilization=float(GPU_MEM), max_model_len=int(MAX_MODEL_LEN))
+    engine_start = time.monotonic() - started
+    params = SamplingParams(max_tokens=args.max_tokens, temperature=0, ignore_eos=True)
+
+    rng = random.Random(12345)
+    warm = [[{"role": "user", "content": prompt_text(rng)}] for _ in range(32)]
+    llm.chat(warm, params, use_tqdm=False)
+
+    started = time.monotonic()
+    outputs = llm.chat(conversations, params, use_tqdm=False)
+    seconds = time.monotonic() - started
+    tokens = sum(len(o.outputs[0].token_ids) for o in outputs)
+    result = {
+        "requests": len(conversations),
+        "outputs": len(outputs),
+        "seconds": seconds,
+        "req_per_s": len(conversations) / seconds,
+        "completion_tokens": tokens,
+        "tok_per_s": tokens / seconds,
+        "engine_start_s": engine_start,
+    }
+    Path(args.result).write_text(json.dumps(result, indent=2))
+    print(json.dumps(result), flush=True)
+    try:
+        llm.llm_engine.engine_core.shutdown()
+    except Exception:
+        pass
+
+
+def bench_llm_chat(procs, model, requests_file, max_tokens, out, logs):
+    result_path = out / "llm_chat_result.json"
+    result_path.unlink(missing_ok=True)
+    state = machine_state("A (LLM.chat)")
+    log("A: plain vLLM LLM.chat (engine start + warm-up not timed)")
+    proc = procs.start(
+        [
+            PYTHON,
+            str(Path(__file__).resolve()),
+            "_llm_chat",
+            "--model",
+            str(model),
+            "--input",
+            str(requests_file),
+            "--max-tokens",
+            str(max_tokens),
+            "--result",
+            str(result_path),
+        ],
+        logs / "a_llm_chat.log",
+        base_env(),
+    )
+    # The result file is the signal; the child's exit (engine shutdown) is not timed.
+    deadline = time.monotonic() + ENGINE_RUN_TIMEOUT
+    while time.monotonic() < deadline and not result_path.exists() and proc.poll() is None:
+        time.sleep(0.5)
+    if not result_path.exists():
+        time.sleep(1)
+    if not result_path.exists():
+        procs.stop(proc)
+        raise RuntimeError(f"A: LLM.chat child produced no result; see {logs / 'a_llm_chat.log'}")
+    result = json.loads(result_path.read_text())
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        pass
+    procs.stop(proc)
+    result["machine_before"] = state
+    log(f"A: {result['requests']} requests in {result['seconds']:.2f} s = {result['req_per_s']:.1f} req/s")
+    return result
+
+
+# -- B: vLLM's run_batch ----------------------------------------------------------
+
+
+def run_vllm_run_batch(procs, model, input_file, output_file, log_path):
+    """Runs run_batch once, reading its log as it comes; returns timings."""
+    output_file.unlink(missing_ok=True)
+    args = [
+        PYTHON,
+        "-m",
+        "vllm.entrypoints.openai.run_batch",
+        "-i",
+        str(input_file),
+        "-o",
+        str(output_file),
+        "--model",
+        str(model),
+        "--served-model-name",
+        MODEL_NAME,
+        "--gpu-memory-utilization",
+        GPU_MEM,
+        "--max-model-len",
+        MAX_MODEL_LEN,
+    ]
+    events = {}
+    started_wall = time.time()
+    started = time.monotonic()
+    proc = procs.start(args, log_path, base_env(), stdout=subprocess.PIPE)
+
+    def read():
+        with open(log_path, "a") as log_file:
+            for raw in proc.stdout:
+                now = time.time()
+                line = raw.decode("utf-8", errors="replace")
+                log_file.write(line)
+                if "Reading batch from" in line:
+                    events.setdefault("reading", now)
+                elif "Writing outputs to" in line:
+                    events.setdefault("writing", now)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    code = wait_proc(procs, proc, ENGINE_RUN_TIMEOUT, "run_batch")
+    total = time.monotonic() - started
+    reader.join(timeout=10)
+    procs.stop(proc)
+    if code != 0 or not output_file.exists():
+        raise RuntimeError(f"run_batch exited {code}; see {log_path}")
+    written = output_file.stat().st_mtime
+    timings = {"total_s": total, "exit_code": code}
+    if "reading" in events:
+        timings["startup_s"] = events["reading"] - started_wall
+        timings["processing_s"] = written - events["reading"]
+    return timings
+
+
+def bench_run_batch(procs, model, requests_file, one_file, count, out, logs):
+    log("B: vLLM run_batch with 1 request (startup measurement)")
+    one = run_vllm_run_batch(procs, model, one_file, out / "run_batch_one_out.jsonl", logs / "b_run_batch_one.log")
+    log(f"B: 1 request: {one['total_s']:.1f} s total")
+    state = machine_state("B (run_batch)")
+    log(f"B: vLLM run_batch with {count} requests")
+    output = out / "run_batch_out.jsonl"
+    full = run_vllm_run_batch(procs, model, requests_file, output, logs / "b_run_batch.log")
+    ids = read_ids(requests_file)
+    check = check_output(output, ids)
+    result = {
+        "requests": count,
+        "total_s": full["total_s"],
+        "req_per_s_total": count / full["total_s"],
+        "one_request_total_s": one["total_s"],
+        "output_check": check,
+        "machine_before": state,
+    }
+    if "processing_s" in full:
+        result["startup_s_from_log"] = full["startup_s"]
+        result["processing_s_from_log"] = full["processing_s"]
+        result["req_per_s_processing_log"] = count / full["processing_s"]
+    subtracted = full["total_s"] - one["total_s"]
+    if subtracted > 0:
+        result["processing_s_minus_1req_run"] = subtracted
+        result["req_per_s_processing_minus_1req_run"] = count / subtracted
+    result["req_per_s_processing"] = result.get("req_per_s_processing_log") or result.get(
+        "req_per_s_processing_minus_1req_run"
+    )
+    log(
+        f"B: total {full['total_s']:.1f} s = {result['req_per_s_total']:.1f} req/s; "
+        f"processing {full.get('processing_s', float('nan')):.2f} s = {result['req_per_s_processing'] or 0:.1f} req/s; "
+        f"output ok={check['ok']}"
+    )
+    return result
+
+
+# -- C: vllm-batch ----------------------------------------------------------------
+
+
+def free_port():
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url, key, timeout, proc):
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"gunicorn exited {proc.returncode}")
+        try:
+            request = urllib.request.Request(url, headers={"Authorization": f"Bearer {key}"})
+            with urllib.request.urlopen(request, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"{url} did not answer within {timeout} s")
+
+
+def run_batch_via_api(client, path, timeout, watch):
+    """Uploads, creates and polls one batch; returns (batch, timings)."""
+    started = time.monotonic()
+    with open(path, "rb") as f:
+        uploaded = client.files.create(file=f, purpose="batch")
+    upload_s = time.monotonic() - started
+    batch = client.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h")
+    created_s = time.monotonic() - started
+    seen = {batch.status: created_s}
+    deadline = started + timeout
+    while batch.status not in ("completed", "failed", "expired", "cancelled"):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"batch {batch.id} still {batch.status} after {timeout} s")
+        for proc in watch:
+            if proc.poll() is not None:
+                raise RuntimeError(f"a server process exited ({proc.args[:3]}) while batch {batch.id} ran")
+        time.sleep(POLL_SECONDS)
+        batch = client.batches.retrieve(batch.id)
+        seen.setdefault(batch.status, time.monotonic() - started)
+    total = time.monotonic() - started
+    return batch, {"total_s": total, "upload_s": upload_s, "create_done_s": created_s, "status_first_seen_s": seen}
+
+
+def bench_vllm_batch(procs, model, requests_file, warm_file, count, out, logs):
+    import openai
+
+    var_dir = Path(tempfile.mkdtemp(prefix="var-", dir=out))
+    env = base_env()
+    env["VLLM_BATCH_VAR_DIR"] = str(var_dir)
+    env.pop("DATABASE_URL", None)
+    env.pop("REDIS_URL", None)
+    manage = [PYTHON, "manage.py"]
+    log(f"C: vllm-batch, var dir {var_dir}")
+    run_command([*manage, "migrate", "--noinput"], env, logs / "c_manage.log")
+    run_command(
+        [
+            *manage,
+            "register_model",
+            MODEL_NAME,
+            str(model),
+            "--max-model-len",
+            MAX_MODEL_LEN,
+            "--gpu-memory-utilization",
+            GPU_MEM,
+        ],
+        env,
+        logs / "c_manage.log",
+    )
+    printed = run_command([*manage, "create_api_key", "bench", "--quiet"], env, logs / "c_manage.log")
+    key = printed.strip().splitlines()[-1]
+
+    port = free_port()
+    gunicorn = procs.start(
+        [str(Path(PYTHON).parent / "gunicorn"), "batchsite.wsgi", "-b", f"127.0.0.1:{port}", "-w", "2"],
+        logs / "c_gunicorn.log",
+        env,
+    )
+    qcluster = procs.start([*manage, "qcluster"], logs / "c_qcluster.log", env)
+    base_url = f"http://127.0.0.1:{port}/v1"
+    wait_http(f"{base_url}/models", key, SERVER_START_TIMEOUT, gunicorn)
+    client = openai.OpenAI(base_url=base_url, api_key=key, timeout=120, max_retries=2)
+
+    log("C: warm-up batch (worker start + engine load)")
+    warm, warm_t = run_batch_via_api(client, warm_file, WARM_BATCH_TIMEOUT, [gunicorn, qcluster])
+    if warm.status != "completed":
+        raise RuntimeError(f"warm-up batch ended {warm.status}: {warm.errors}; see {logs / 'c_qcluster.log'}")
+    log(f"C: warm-up batch completed in {warm_t['total_s']:.1f} s")
+
+    state = machine_state("C (vllm-batch)")
+    log(f"C: timed batch with {count} requests")
+    batch, timings = run_batch_via_api(client, requests_file, TIMED_BATCH_TIMEOUT, [gunicorn, qcluster])
+    if batch.status != "completed":
+        raise RuntimeError(f"batch ended {batch.status}: {batch.errors}; see {logs / 'c_qcluster.log'}")
+    content = client.files.content(batch.output_file_id).content
+    (out / "vllm_batch_out.jsonl").write_bytes(content)
+    ids = read_ids(requests_file)
+    check = check_output(content, ids)
+    result = {
+        "requests": count,
+        "seconds": timings["total_s"],
+        "req_per_s": count / timings["total_s"],
+        "timings": timings,
+        "warmup": {"requests": warm.request_counts.total, **warm_t},
+        "request_counts": batch.request_counts.model_dump() if batch.request_counts else None,
+        "error_file_id": batch.error_file_id,
+        "server_timestamps": {
+            k: getattr(batch, k) for k in ("created_at", "in_progress_at", "finalizing_at", "completed_at")
+        },
+        "output_check": check,
+        "machine_before": state,
+        "var_dir": str(var_dir),
+    }
+    log(
+        f"C: {count} requests in {timings['total_s']:.2f} s = {result['req_per_s']:.1f} req/s; "
+        f"output ok={check['ok']} ({check['lines']} lines)"
+    )
+    return result
+
+
+# -- report -----------------------------------------------------------------------
+
+
+def report(results, out):
+    a = results.get("llm_chat")
+    b = results.get("run_batch")
+    c = results.get("vllm_batch")
+    rows = []
+    if a:
+        rows.append(("A  vLLM LLM.chat, warm (engine start excluded)", a["req_per_s"], a["seconds"]))
+    if b:
+        rows.append(("B  vLLM run_batch, total (engine start included)", b["req_per_s_total"], b["total_s"]))
+        if b.get("req_per_s_processing_log"):
+            rows.append(
+                ("B' vLLM run_batch, processing only (log)", b["req_per_s_processing_log"], b["processing_s_from_log"])
+            )
+        if b.get("req_per_s_processing_minus_1req_run"):
+            rows.append(
+                (
+                    'B" vLLM run_batch, total minus 1-request run',
+                    b["req_per_s_processing_minus_1req_run"],
+                    b["processing_s_minus_1req_run"],
+                )
+            )
+    if c:
+        rows.append(("C  vllm-batch, warm worker (submit -> completed)", c["req_per_s"], c["seconds"]))
+    ratios = {}
+    if a and c:
+        ratios["vllm_batch_over_llm_chat"] = c["req_per_s"] / a["req_per_s"]
+    if b and c and b.get("req_per_s_processing"):
+        ratios["vllm_batch_over_run_batch_processing"] = c["req_per_s"] / b["req_per_s_processing"]
+    if b and c:
+        ratios["vllm_batch_over_run_batch_total"] = c["req_per_s"] / b["req_per_s_total"]
+    results["ratios"] = ratios
+
+    width = max(len(r[0]) for r in rows) if rows else 40
+    print()
+    print(f"{'':{width}}  {'req/s':>8}  {'seconds':>8}")
+    for label, rps, seconds in rows:
+        print(f"{label:{width}}  {rps:8.1f}  {seconds:8.2f}")
+    print()
+    if "vllm_batch_over_llm_chat" in ratios:
+        ratio = ratios["vllm_batch_over_llm_chat"]
+        verdict = "meets" if ratio >= 0.95 else "BELOW"
+        print(f"vllm-batch / LLM.chat                  = {ratio:.3f}  ({verdict} the 0.95 target)")
+    if "vllm_batch_over_run_batch_processing" in ratios:
+        print(f"vllm-batch / run_batch processing-only = {ratios['vllm_batch_over_run_batch_processing']:.3f}")
+    if "vllm_batch_over_run_batch_total" in ratios:
+        print(f"vllm-batch / run_batch total           = {ratios['vllm_batch_over_run_batch_total']:.3f}")
+    for name, part in (("run_batch", b), ("vllm-batch", c)):
+        if part and not part["output_check"]["ok"]:
+            print(f"OUTPUT CHECK FAILED for {name}: {part['output_check']}")
+    path = out / "bench.json"
+    path.write_text(json.dumps(results, indent=2, default=str))
+    print(f"\nwrote {path}")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--warmup-requests", type=int, default=20, help="size of vllm-batch's warm-up batch")
+    parser.add_argument("--out", help="output directory (default: a new temporary directory); the model is reused")
+    parser.add_argument(
+        "--only", default="A,B,C", help="comma-separated subset of A (LLM.chat), B (run_batch), C (vllm-batch)"
+    )
+    args = parser.parse_args()
+    parts = {p.strip().upper() for p in args.only.split(",") if p.strip()}
+
+    out = Path(args.out).resolve() if args.out else Path(tempfile.mkdtemp(prefix="vllm-batch-bench-"))
+    out.mkdir(parents=True, exist_ok=True)
+    logs = out / "logs"
+    shutil.rmtree(logs, ignore_errors=True)
+    logs.mkdir()
+    log(f"output directory {out}")
+
+    model = build_model(out)
+    requests_file = write_requests(out / "requests.jsonl", args.requests, args.max_tokens, "req", seed=1)
+    one_file = write_requests(out / "one_request.jsonl", 1, args.max_tokens, "one", seed=2)
+    warm_file = write_requests(out / "warmup.jsonl", args.warmup_requests, args.max_tokens, "warm", seed=3)
+
+    results = {
+        "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "requests": args.requests,
+        "max_tokens": args.max_tokens,
+        "model": str(model),
+        "cpus": os.cpu_count(),
+        "VLLM_CPU_KVCACHE_SPACE": base_env()["VLLM_CPU_KVCACHE_SPACE"],
+    }
+    from importlib import metadata
+
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=REPO, capture_output=True, timeout=10)
+        results["git"] = {
+            "head": head.stdout.decode().strip(),
+            "dirty_files": [line[3:] for line in dirty.stdout.decode().splitlines()],
+        }
+    except (OSError, subprocess.SubprocessError):
+        pass
+
+    for dist in ("vllm-cpu", "vllm"):
+        try:
+            results["vllm_version"] = f"{dist} {metadata.version(dist)}"
+            break
+        except metadata.PackageNotFoundError:
+            pass
+
+    procs = Procs()
+    failed = None
+    try:
+        if "A" in parts:
+            results["llm_chat"] = bench_llm_chat(procs, model, requests_file, args.max_tokens, out, logs)
+        if "B" in parts:
+            results["run_batch"] = bench_run_batch(procs, model, requests_file, one_file, args.requests, out, logs)
+        if "C" in parts:
+            results["vllm_batch"] = bench_vllm_batch(procs, model, requests_file, warm_file, args.requests, out, logs)
+    except BaseException as exc:
+        failed = exc
+        results["error"] = repr(exc)
+        log(f"FAILED: {exc!r}")
+    finally:
+        procs.stop_all()
+    report(results, out)
+    if failed is not None:
+        if isinstance(failed, KeyboardInterrupt):
+            raise failed
+        return 1
+    checks = [results[k]["output_check"]["ok"] for k in ("run_batch", "vllm_batch") if k in results]
+    return 0 if all(checks) else 1
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "_llm_chat":
+        child_llm_chat(sys.argv[2:])
+    else:
+        sys.exit(main())
