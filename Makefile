@@ -1,0 +1,32 @@
+# vllm-batch: `make demo` runs the whole thing on this machine, `make test` runs every test.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.PHONY: setup demo test test-fast serve worker bench lint
+
+setup:
+	VLLM_BATCH_VENV=$(VENV) scripts/setup
+
+demo: setup
+	$(PY) scripts/demo.py
+
+test: setup
+	scripts/services
+	$(PY) -m pytest
+
+test-fast: setup
+	$(PY) -m pytest jobs workers
+
+serve: setup
+	$(PY) manage.py migrate --noinput
+	$(VENV)/bin/gunicorn batchsite.wsgi -b 127.0.0.1:8000 -w 4 --timeout 300
+
+worker: setup
+	$(PY) manage.py qcluster
+
+bench: setup
+	$(PY) bench/run_batch_bench.py
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
