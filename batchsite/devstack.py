@@ -55,7 +55,11 @@ class Stack:
         self.var_dir = Path(var_dir)
         self.var_dir.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
-        self.env = {**os.environ, "VLLM_BATCH_VAR_DIR": str(self.var_dir), "DJANGO_SETTINGS_MODULE": "batchsite.settings"}
+        self.env = {
+            **os.environ,
+            "VLLM_BATCH_VAR_DIR": str(self.var_dir),
+            "DJANGO_SETTINGS_MODULE": "batchsite.settings",
+        }
         self.env.update(env or {})
         self.web = None
         self.worker = None
@@ -99,8 +103,18 @@ class Stack:
     def start_web(self, workers=2):
         self.web = self._spawn(
             "web",
-            [PYTHON, "-m", "gunicorn", "batchsite.wsgi", "-b", f"127.0.0.1:{self.port}", "-w", str(workers),
-             "--timeout", "300"],
+            [
+                PYTHON,
+                "-m",
+                "gunicorn",
+                "batchsite.wsgi",
+                "-b",
+                f"127.0.0.1:{self.port}",
+                "-w",
+                str(workers),
+                "--timeout",
+                "300",
+            ],
         )
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:

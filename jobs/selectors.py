@@ -20,10 +20,11 @@ def batch_get(*, owner, batch_id):
     return batch
 
 
-def _page(queryset, *, after, limit, descending, param):
-    """Cursor pagination on (created_at, id): stable when rows share a second."""
+def _page(queryset, *, after, limit, descending, param, cursor_queryset=None):
+    """Cursor pagination on (created_at, id): stable when rows share a second.
+    The cursor may be any of the caller's rows, also one the filters leave out."""
     if after:
-        cursor = queryset.filter(pk=after).values("created_at", "pk").first()
+        cursor = (cursor_queryset or queryset).filter(pk=after).values("created_at", "pk").first()
         if cursor is None:
             raise NotFound(f"No such object for 'after': {after}", param=param)
         if descending:
@@ -51,10 +52,11 @@ def as_list(rows, has_more):
 
 
 def file_list(*, owner, purpose=None, after=None, limit=10000, order="desc"):
-    queryset = File.objects.filter(owner=owner)
-    if purpose:
-        queryset = queryset.filter(purpose=purpose)
-    return as_list(*_page(queryset, after=after, limit=limit, descending=order == "desc", param="after"))
+    owned = File.objects.filter(owner=owner)
+    queryset = owned.filter(purpose=purpose) if purpose else owned
+    return as_list(
+        *_page(queryset, after=after, limit=limit, descending=order == "desc", param="after", cursor_queryset=owned)
+    )
 
 
 def batch_list(*, owner, after=None, limit=20):

@@ -380,6 +380,8 @@ def _process_claimed(batch, holder):
         return batch_finalize(batch_id=batch.pk, final_status=Batch.Status.CANCELLED, holder=holder)
     if batch.status == Batch.Status.FINALIZING:
         return batch_finalize(batch_id=batch.pk, final_status=Batch.Status.COMPLETED, holder=holder)
+    if timezone.now() >= batch.expires_at:
+        return batch_finalize(batch_id=batch.pk, final_status=Batch.Status.EXPIRED, holder=holder)
 
     model = RegisteredModel.objects.filter(name=batch.model, is_active=True).first()
     if model is None:
@@ -445,7 +447,9 @@ FINAL_TIMESTAMP = {
 
 
 def _write_file(batch, purpose, lines):
-    """Streams JSON lines into storage as a new File; returns it, or None if empty."""
+    """Streams JSON lines into storage; returns the unsaved File, or None if empty.
+    The caller saves it with the batch's final status, so a retried finalize
+    never shows the user two output files."""
     import tempfile
 
     count = 0
@@ -462,7 +466,6 @@ def _write_file(batch, purpose, lines):
         file.storage_name = default_storage.save(f"{file.id[5:7]}/{file.id}.jsonl", DjangoFile(tmp))
         file.bytes = size
         file.line_count = count
-        file.save()
         return file
 
 
@@ -512,6 +515,9 @@ def batch_finalize(*, batch_id, final_status, holder=None):
             errors = _write_file(batch, File.Purpose.BATCH_ERROR, error_lines)
         with transaction.atomic():
             now = timezone.now()
+            for file in (output, errors):
+                if file is not None:
+                    file.save()
             Batch.objects.filter(pk=batch_id).update(
                 status=final_status,
                 output_file=output,

@@ -70,9 +70,7 @@ def chat_request(custom_id, content, **body):
 
 def submit(client, requests, endpoint="/v1/chat/completions", metadata=None):
     file = client.files.create(file=("input.jsonl", jsonl(requests)), purpose="batch")
-    return client.batches.create(
-        input_file_id=file.id, endpoint=endpoint, completion_window="24h", metadata=metadata
-    )
+    return client.batches.create(input_file_id=file.id, endpoint=endpoint, completion_window="24h", metadata=metadata)
 
 
 def wait_for(client, batch_id, predicate, timeout=300, interval=0.3):

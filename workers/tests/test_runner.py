@@ -378,9 +378,12 @@ def test_a_cancel_during_validation_of_a_bad_file_still_ends_the_batch(user, cha
 def test_expired_batch_lists_unfinished_requests_in_the_error_file(user, chat_model, engine):
     ids = ["a", "b", "c", "d", "e"]
     batch = in_progress(make_batch(user, [chat_request(i) for i in ids]))
+    save_results(batch, [(1, "a"), (2, "b")])
     Batch.objects.filter(pk=batch.pk).update(expires_at=timezone.now() - datetime.timedelta(seconds=1))
 
     assert run(batch) == "expired"
+
+    assert engine.requested == [], "a batch past its window runs nothing more"
 
     assert batch.status == "expired"
     assert batch.expired_at is not None
@@ -396,9 +399,15 @@ def test_expired_batch_lists_unfinished_requests_in_the_error_file(user, chat_mo
     assert_each_custom_id_once(batch, ids)
 
 
-def test_expired_batch_keeps_request_errors_before_the_expired_ones(user, chat_model, engine):
+def test_expired_batch_keeps_request_errors_before_the_expired_ones(user, chat_model, engine, settings):
     batch = in_progress(make_batch(user, [chat_request("a", temperature=9), chat_request("b"), chat_request("c")]))
-    Batch.objects.filter(pk=batch.pk).update(expires_at=timezone.now() - datetime.timedelta(seconds=1))
+    settings.VLLM_BATCH = {**settings.VLLM_BATCH, "CHUNK_SIZE": 2}
+    engine.fake(
+        before_result=lambda count: (
+            count == 1
+            and Batch.objects.filter(pk=batch.pk).update(expires_at=timezone.now() - datetime.timedelta(seconds=1))
+        )
+    )
     assert run(batch) == "expired"
     output, errors = output_and_errors(batch)
     assert custom_ids(output) == ["b"]
