@@ -56,10 +56,11 @@ def reap_dead_leases():
     for batch_id, holder in (
         Batch.objects.filter(status__in=Batch.ACTIVE).exclude(claimed_by="").values_list("pk", "claimed_by")
     ):
-        if holder_is_dead_here(holder):
-            if Batch.objects.filter(pk=batch_id, claimed_by=holder).update(claimed_by="", heartbeat_at=None):
-                logger.warning("freed the lease of dead worker %s on batch %s", holder, batch_id)
-                freed.append(batch_id)
+        if holder_is_dead_here(holder) and Batch.objects.filter(pk=batch_id, claimed_by=holder).update(
+            claimed_by="", heartbeat_at=None
+        ):
+            logger.warning("freed the lease of dead worker %s on batch %s", holder, batch_id)
+            freed.append(batch_id)
     return freed
 
 
@@ -223,10 +224,7 @@ def _generate_items(requests, endpoint, writer, parts):
         custom_id = request["custom_id"]
         try:
             sampling = P.sampling_kwargs(body, endpoint)
-            if chat:
-                prompts = [P.chat_messages(body)]
-            else:
-                prompts = P.completion_prompts(body)
+            prompts = [P.chat_messages(body)] if chat else P.completion_prompts(body)
         except P.ParamError as exc:
             writer.add(
                 line,
@@ -470,7 +468,7 @@ def _write_file(batch, purpose, lines):
 
 
 def _expired_lines(batch, done_lines):
-    for line, request in iter_pending_requests(batch, done_lines):
+    for _line, request in iter_pending_requests(batch, done_lines):
         yield responses.batch_error_line(
             request["custom_id"],
             "This request could not be executed before the completion window expired.",
