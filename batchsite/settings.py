@@ -167,6 +167,8 @@ VLLM_BATCH = {
     # A batch whose worker has not saved progress for this long is taken over.
     "STALE_BATCH_SECONDS": env_int("VLLM_BATCH_STALE_BATCH_SECONDS", 300),
     "WATCHDOG_MINUTES": env_int("VLLM_BATCH_WATCHDOG_MINUTES", 1),
+    # Workers write their heartbeat row this often, from a thread.
+    "HEARTBEAT_SECONDS": env_float("VLLM_BATCH_HEARTBEAT_SECONDS", 10.0),
 }
 
 REST_FRAMEWORK = {

@@ -10,6 +10,7 @@ import threading
 logger = logging.getLogger(__name__)
 
 _engine = None
+_loading = None
 _lock = threading.RLock()
 _finalizer_registered = False
 
@@ -23,10 +24,16 @@ def loaded_model_name():
     return engine.name if engine is not None else None
 
 
+def loading_model_name():
+    return _loading
+
+
 def get_engine(registered_model):
     """Returns the engine for `registered_model`, loading it (and unloading any
     other model first) when needed."""
-    global _engine
+    global _engine, _loading
+    from . import state
+
     with _lock:
         args = registered_model.engine_args()
         if _engine is not None and _engine.name == registered_model.name and _engine.engine_args == args:
@@ -35,7 +42,12 @@ def get_engine(registered_model):
         from .engine import Engine
 
         _register_finalizer()
-        _engine = Engine(registered_model.name, args)
+        _loading = registered_model.name
+        try:
+            with state.loading():
+                _engine = Engine(registered_model.name, args)
+        finally:
+            _loading = None
         return _engine
 
 

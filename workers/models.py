@@ -67,3 +67,116 @@ class RegisteredModel(models.Model):
             "created": int(self.created_at.timestamp()),
             "owned_by": "vllm-batch",
         }
+
+
+class Worker(models.Model):
+    """One worker process of a cluster, as its heartbeat last described it."""
+
+    class State(models.TextChoices):
+        STARTING = "starting"
+        IDLE = "idle"
+        LOADING = "loading", "loading model"
+        PROCESSING = "processing"
+        STOPPING = "stopping"
+        STOPPED = "stopped"
+
+    class Freshness(models.TextChoices):
+        ONLINE = "online"
+        STALE = "stale"
+        OFFLINE = "offline"
+
+    name = models.CharField(max_length=200, unique=True, help_text="hostname:pid")
+    hostname = models.CharField(max_length=200)
+    pid = models.PositiveIntegerField()
+    cluster_name = models.CharField(max_length=200, blank=True)
+    state = models.CharField(max_length=12, choices=State.choices, default=State.STARTING)
+    current_model = models.CharField(max_length=200, blank=True)
+    current_batch = models.ForeignKey(
+        "jobs.Batch", null=True, blank=True, on_delete=models.SET_NULL, db_constraint=False, related_name="+"
+    )
+    memory_kind = models.CharField(max_length=8, blank=True, help_text="'gpu' (pynvml) or 'host' (psutil).")
+    memory_used = models.BigIntegerField(null=True, blank=True, help_text="Bytes: device memory, or the process RSS.")
+    memory_total = models.BigIntegerField(null=True, blank=True, help_text="Bytes: device memory, or host memory.")
+    host_memory_used = models.BigIntegerField(null=True, blank=True)
+    started_at = models.DateTimeField()
+    last_seen = models.DateTimeField()
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        indexes = [
+            # The admin card and `worker status` list the recently seen workers.
+            models.Index(fields=["-last_seen"], name="worker_last_seen_idx"),
+        ]
+
+    def __str__(self):
+        return self.name
+
+    def freshness(self, now=None):
+        from django.conf import settings
+        from django.utils import timezone
+
+        if self.state == self.State.STOPPED:
+            return self.Freshness.OFFLINE
+        interval = settings.VLLM_BATCH["HEARTBEAT_SECONDS"]
+        age = ((now or timezone.now()) - self.last_seen).total_seconds()
+        if age > 6 * interval or not self.process_may_run():
+            return self.Freshness.OFFLINE
+        if age > 2 * interval:
+            return self.Freshness.STALE
+        return self.Freshness.ONLINE
+
+    def is_local(self):
+        import socket
+
+        return self.hostname == socket.gethostname()
+
+    def process_may_run(self):
+        """False when the worker was on this host and its process is gone."""
+        if not self.is_local():
+            return True
+        import psutil
+
+        return psutil.pid_exists(self.pid)
+
+
+class WorkerCommand(models.Model):
+    """An operator's order to a worker, carried through the database so it reaches
+    workers on any host; the worker acts within one heartbeat and records the result."""
+
+    class Action(models.TextChoices):
+        RESTART = "restart"
+        CLEAR_GPU = "clear_gpu", "clear GPU"
+        KILL = "kill"
+
+    class Status(models.TextChoices):
+        PENDING = "pending"
+        ACKNOWLEDGED = "acknowledged"
+        DONE = "done"
+        FAILED = "failed"
+
+    worker = models.ForeignKey(Worker, on_delete=models.CASCADE, related_name="commands")
+    action = models.CharField(max_length=12, choices=Action.choices)
+    status = models.CharField(max_length=12, choices=Status.choices, default=Status.PENDING)
+    result = models.TextField(blank=True)
+    requested_by = models.CharField(max_length=150, blank=True)
+    reload_model = models.CharField(
+        max_length=200, blank=True, help_text="Restart: the model the next worker process loads at start."
+    )
+    acknowledged_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        indexes = [
+            # Each heartbeat looks for its worker's pending commands.
+            models.Index(fields=["worker", "status"], name="worker_command_pending_idx"),
+        ]
+
+    def __str__(self):
+        return f"{self.action} {self.worker_id} ({self.status})"
+
+    @property
+    def is_finished(self):
+        return self.status in (self.Status.DONE, self.Status.FAILED)

@@ -25,6 +25,7 @@ from jobs.models import Batch, BatchResult, File
 from jobs.validation import iter_request_lines, validate_input
 
 from . import params as P
+from . import state
 from . import responses
 from .engine_types import EngineError, GenerateItem
 from .models import RegisteredModel
@@ -353,7 +354,7 @@ def process_batch(batch_id, holder=None):
     if batch is None:
         return "skipped"
     try:
-        with LeaseKeeper(batch.pk, holder):
+        with LeaseKeeper(batch.pk, holder), state.processing(batch.pk):
             return _process_claimed(batch, holder)
     finally:
         release(batch_id, holder)
@@ -394,15 +395,15 @@ def _process_claimed(batch, holder):
     slice_ends = time.monotonic() + settings.VLLM_BATCH["TASK_SLICE_SECONDS"]
     outcome = {}
 
-    def should_stop(state):
-        status, expires_at, claimed_by = state
+    def should_stop(saved):
+        status, expires_at, claimed_by = saved
         if claimed_by != holder:
             outcome["why"] = "lost_lease"
         elif status == Batch.Status.CANCELLING:
             outcome["why"] = "cancelled"
         elif timezone.now() >= expires_at:
             outcome["why"] = "expired"
-        elif time.monotonic() >= slice_ends or stop_requested.is_set():
+        elif time.monotonic() >= slice_ends or stop_requested.is_set() or state.handback_requested():
             outcome["why"] = "continued"
         return bool(outcome)
 

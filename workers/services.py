@@ -2,7 +2,7 @@
 
 from django.db import transaction
 
-from .models import RegisteredModel
+from .models import RegisteredModel, Worker
 
 
 @transaction.atomic
@@ -13,3 +13,60 @@ def model_register(*, name, path, runner=RegisteredModel.Runner.GENERATE, **engi
     model, created = RegisteredModel.objects.update_or_create(name=name, defaults=fields)
     model.full_clean()
     return model, created
+
+
+def command_create(*, worker, action, requested_by=""):
+    """Queues an order for a worker; it acts within one heartbeat."""
+    from .models import WorkerCommand
+
+    return WorkerCommand.objects.create(worker=worker, action=action, requested_by=requested_by)
+
+
+def command_wait(*, command, timeout):
+    """Waits (bounded) for the worker to finish the command; returns it refreshed."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        command.refresh_from_db()
+        if command.is_finished or time.monotonic() >= deadline:
+            return command
+        time.sleep(0.25)
+
+
+def worker_kill(*, worker, requested_by="", wait=None):
+    """Kill through the database first; a worker on this host that does not answer
+    within `wait` seconds (a hung worker) is killed with signals, process tree and all.
+    Returns (command, how) where how is 'command', 'signal' or 'pending'."""
+    import psutil
+    from django.conf import settings
+    from django.utils import timezone
+
+    from .models import WorkerCommand
+
+    wait = settings.VLLM_BATCH["HEARTBEAT_SECONDS"] * 1.5 if wait is None else wait
+    command = command_create(worker=worker, action=WorkerCommand.Action.KILL, requested_by=requested_by)
+    command = command_wait(command=command, timeout=wait)
+    if command.is_finished:
+        return command, "command"
+    if not worker.is_local():
+        return command, "pending"
+    try:
+        root = psutil.Process(worker.pid)
+        processes = [*root.children(recursive=True), root]
+    except psutil.NoSuchProcess:
+        processes = []
+    for process in processes:
+        try:
+            process.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(processes, timeout=10)
+    WorkerCommand.objects.filter(pk=command.pk).update(
+        status=WorkerCommand.Status.DONE,
+        result=f"no answer within {wait:.0f} s: killed pid {worker.pid} and its children with SIGKILL",
+        finished_at=timezone.now(),
+    )
+    Worker.objects.filter(pk=worker.pk).update(state=Worker.State.STOPPED)
+    command.refresh_from_db()
+    return command, "signal"

@@ -12,8 +12,19 @@ def process_batch_task(batch_id):
 
     with busy():
         outcome = process_batch(batch_id)
+        _clear_gpu_if_asked()
     logger.info("batch %s: %s", batch_id, outcome)
     return outcome
+
+
+def _clear_gpu_if_asked():
+    from . import state
+    from .heartbeat import clear_gpu
+    from .models import WorkerCommand
+
+    command_id = state.handback["clear_gpu"]
+    if command_id:
+        clear_gpu(WorkerCommand.objects.get(pk=command_id))
 
 
 def watchdog_task():

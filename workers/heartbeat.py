@@ -1,0 +1,121 @@
+"""The worker's heartbeat thread: writes its Worker row every interval, also while
+a model loads or a batch runs, and carries out the operator's commands."""
+
+import logging
+import os
+import signal
+import socket
+import threading
+
+import psutil
+from django.conf import settings
+from django.db import close_old_connections
+from django.utils import timezone
+
+from . import engine_host, memory, state
+from .models import Worker, WorkerCommand
+
+logger = logging.getLogger(__name__)
+
+
+def worker_name():
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def beat(name, started_at):
+    now = timezone.now()
+    current = state.get()
+    fields = {
+        "hostname": socket.gethostname(),
+        "pid": os.getpid(),
+        "cluster_name": settings.Q_CLUSTER.get("name", ""),
+        "state": current["state"],
+        "current_model": engine_host.loaded_model_name() or engine_host.loading_model_name() or "",
+        "current_batch_id": current["batch_id"],
+        "started_at": started_at,
+        "last_seen": now,
+        **memory.snapshot(),
+    }
+    worker, _ = Worker.objects.update_or_create(name=name, defaults=fields)
+    return worker
+
+
+def _finish(command, status, result, **extra):
+    WorkerCommand.objects.filter(pk=command.pk).update(
+        status=status, result=result, finished_at=timezone.now(), updated_at=timezone.now(), **extra
+    )
+    logger.info("command %s %s: %s", command.action, status, result)
+
+
+def _kill_self():
+    me = psutil.Process()
+    for child in me.children(recursive=True):
+        try:
+            child.kill()
+        except psutil.Error:
+            pass
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def carry_out(command):
+    """Acts on one command inside the worker process."""
+    from .lifecycle import request_stop
+
+    WorkerCommand.objects.filter(pk=command.pk).update(
+        status=WorkerCommand.Status.ACKNOWLEDGED, acknowledged_at=timezone.now()
+    )
+    busy = state.get()["state"] in (Worker.State.PROCESSING, Worker.State.LOADING)
+    if command.action == WorkerCommand.Action.CLEAR_GPU:
+        if busy:
+            # The batch loop hands its batch back at the next chunk, then unloads.
+            state.handback["clear_gpu"] = command.pk
+            return
+        clear_gpu(command)
+    elif command.action == WorkerCommand.Action.RESTART:
+        model = engine_host.loaded_model_name() or ""
+        _finish(command, WorkerCommand.Status.DONE, f"restarting pid {os.getpid()}", reload_model=model)
+        state.handback["restart"] = command.pk
+        request_stop()
+    elif command.action == WorkerCommand.Action.KILL:
+        _finish(command, WorkerCommand.Status.DONE, f"killed pid {os.getpid()}")
+        close_old_connections()
+        _kill_self()
+
+
+def clear_gpu(command):
+    before = memory.snapshot()["memory_used"]
+    model = engine_host.loaded_model_name()
+    engine_host.unload()
+    after = memory.snapshot()["memory_used"]
+    result = f"unloaded {model or 'nothing'}; memory {before / 2**20:.0f} MiB -> {after / 2**20:.0f} MiB"
+    _finish(command, WorkerCommand.Status.DONE, result)
+    state.handback["clear_gpu"] = None
+
+
+def pending_commands(name):
+    return list(WorkerCommand.objects.filter(worker__name=name, status=WorkerCommand.Status.PENDING).order_by("pk"))
+
+
+class HeartbeatThread(threading.Thread):
+    def __init__(self, interval=None):
+        super().__init__(name="heartbeat", daemon=True)
+        self.interval = interval or settings.VLLM_BATCH["HEARTBEAT_SECONDS"]
+        self.stop_event = threading.Event()
+        self.name_ = worker_name()
+        self.started_at = timezone.now()
+
+    def run(self):
+        while True:
+            try:
+                beat(self.name_, self.started_at)
+                for command in pending_commands(self.name_):
+                    carry_out(command)
+            except Exception:
+                logger.exception("heartbeat failed")
+            finally:
+                close_old_connections()
+            if self.stop_event.wait(self.interval):
+                return
+
+    def stop(self):
+        self.stop_event.set()
