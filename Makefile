@@ -12,6 +12,7 @@ demo: setup
 
 test: setup
 	scripts/services
+	scripts/browser
 	$(PY) -m pytest
 
 test-fast: setup

@@ -93,6 +93,21 @@ class Stack:
     def create_api_key(self, name):
         return self.manage("create_api_key", name, "--quiet").strip()
 
+    def create_staff_user(self, username="admin", password="admin-password-123"):
+        env = {**self.env, "DJANGO_SUPERUSER_PASSWORD": password}
+        subprocess.run(
+            [PYTHON, "manage.py", "createsuperuser", "--noinput", "--username", username, "--email", "a@example.com"],
+            cwd=PROJECT_DIR,
+            env=env,
+            capture_output=True,
+            timeout=120,
+        )
+        return username, password
+
+    @property
+    def admin_url(self):
+        return f"http://127.0.0.1:{self.port}/admin/"
+
     def _spawn(self, name, args):
         log = open(self.var_dir / f"{self.log_prefix}{name}.log", "ab")  # noqa: SIM115
         self.logs.append(log)

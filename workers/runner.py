@@ -25,8 +25,7 @@ from jobs.models import Batch, BatchResult, File
 from jobs.validation import iter_request_lines, validate_input
 
 from . import params as P
-from . import state
-from . import responses
+from . import responses, state
 from .engine_types import EngineError, GenerateItem
 from .models import RegisteredModel
 
