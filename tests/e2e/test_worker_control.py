@@ -1,0 +1,145 @@
+"""`manage.py worker ...` against the running cluster and the real engine."""
+
+import json
+import subprocess
+import time
+
+import psutil
+import pytest
+
+from batchsite.devstack import PROJECT_DIR, PYTHON
+
+from .conftest import chat_request, submit, wait_finished, wait_for
+
+pytestmark = pytest.mark.e2e
+
+
+def worker_cli(stack, *args, timeout=240):
+    return subprocess.run(
+        [PYTHON, "manage.py", "worker", *args],
+        cwd=PROJECT_DIR,
+        env=stack.env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def status(stack):
+    result = worker_cli(stack, "status", "--json", "--api-url", stack.base_url)
+    return result.returncode, json.loads(result.stdout)
+
+
+def online_worker(stack, timeout=120, where=lambda w: True):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        _, report = status(stack)
+        found = [w for w in report["workers"] if w["freshness"] == "online" and where(w)]
+        if found:
+            return found[0]
+        time.sleep(1)
+    raise AssertionError(f"no online worker matching within {timeout} s: {report}")
+
+
+def warm_up(client):
+    batch = submit(client, [chat_request("warm", "hello", max_tokens=2)])
+    assert wait_finished(client, batch.id, timeout=300).status == "completed"
+
+
+def test_status_reports_an_idle_worker_and_the_api(stack, client):
+    warm_up(client)
+    worker = online_worker(stack, where=lambda w: w["state"] == "idle" and w["model"] == "tiny-llama")
+    code, report = status(stack)
+    assert code == 0
+    assert report["api"]["answers"] is True
+    assert worker["pid"] in {p.pid for p in stack.worker_processes()}
+    assert worker["memory_kind"] == "host" and worker["memory_used"] > 100 * 2**20
+    text = worker_cli(stack, "status", "--api-url", stack.base_url).stdout
+    assert worker["name"] in text and "online" in text and "tiny-llama" in text
+
+
+def test_heartbeat_arrives_during_a_long_batch(stack, client):
+    warm_up(client)
+    requests = [chat_request(f"hb{i}", f"beat {i}", max_tokens=64, ignore_eos=True) for i in range(2000)]
+    batch = submit(client, requests)
+    wait_for(client, batch.id, lambda b: b.status == "in_progress", timeout=120, interval=0.2)
+    beats = set()
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        _, report = status(stack)
+        busy = [w for w in report["workers"] if w["state"] == "processing" and w["batch"] == batch.id]
+        if busy:
+            beats.add((busy[0]["last_seen_seconds_ago"], round(time.monotonic())))
+            assert busy[0]["freshness"] == "online"
+        if client.batches.retrieve(batch.id).status != "in_progress":
+            break
+        time.sleep(1)
+    done = wait_finished(client, batch.id, timeout=300)
+    assert done.status == "completed"
+    # More than three heartbeat intervals (2 s each) of processing, fresh throughout.
+    assert len(beats) >= 4, beats
+
+
+def test_clear_gpu_unloads_the_model_and_keeps_the_worker(stack, client):
+    warm_up(client)
+    before = online_worker(stack, where=lambda w: w["model"] == "tiny-llama")
+    engine_pids = [
+        p.pid for p in psutil.Process(before["pid"]).children(recursive=True) if "VLLM" in " ".join(p.cmdline())
+    ]
+    assert engine_pids, "the engine runs in child processes (VLLM::EngineCore)"
+
+    result = worker_cli(stack, "clear-gpu", "--worker", str(before["id"]), "--wait")
+
+    assert result.returncode == 0, result.stderr
+    assert "unloaded tiny-llama" in result.stdout
+    assert not [pid for pid in engine_pids if psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie"]
+    after = online_worker(stack, where=lambda w: w["pid"] == before["pid"] and w["model"] is None)
+    assert after["memory_used"] < before["memory_used"] - 200 * 2**20
+
+
+def test_restart_gives_a_new_pid_with_the_model_reloaded(stack, client):
+    warm_up(client)
+    before = online_worker(stack, where=lambda w: w["model"] == "tiny-llama")
+
+    result = worker_cli(stack, "restart", "--worker", before["name"], "--wait")
+
+    assert result.returncode == 0, result.stderr
+    assert "restarting" in result.stdout
+    after = online_worker(
+        stack,
+        timeout=180,
+        where=lambda w: w["pid"] != before["pid"] and w["model"] == "tiny-llama" and w["state"] == "idle",
+    )
+    assert not psutil.pid_exists(before["pid"]) or psutil.Process(before["pid"]).status() == "zombie"
+    assert after["state"] == "idle"
+
+
+def test_kill_ends_the_worker_process(stack):
+    before = online_worker(stack)
+    refused = worker_cli(stack, "kill", "--worker", before["name"])
+    assert refused.returncode != 0 and "--yes" in refused.stderr
+
+    result = worker_cli(stack, "kill", "--worker", before["name"], "--yes", "--wait")
+
+    assert result.returncode == 0, result.stderr
+    deadline = time.monotonic() + 30
+    while psutil.pid_exists(before["pid"]) and psutil.Process(before["pid"]).status() != "zombie":
+        assert time.monotonic() < deadline, "the worker process is still alive"
+        time.sleep(0.5)
+    # The cluster's guard starts a fresh worker in its place.
+    online_worker(stack, where=lambda w: w["pid"] != before["pid"])
+
+
+def test_status_exits_non_zero_when_no_worker_is_online(stack):
+    stack.stop_worker()
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            code, report = status(stack)
+            if code == 1 or time.monotonic() > deadline:
+                break
+            time.sleep(1)
+        assert code == 1
+        assert report["online"] == 0
+    finally:
+        stack.start_worker()

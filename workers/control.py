@@ -1,0 +1,142 @@
+"""What `manage.py worker ...` (and `vllm-batch worker ...`) does, as plain functions."""
+
+import urllib.error
+import urllib.request
+from datetime import timedelta
+
+from django.conf import settings
+from django.utils import timezone
+
+from jobs.models import Batch
+
+from . import services
+from .models import Worker, WorkerCommand
+
+ACTIONS = {
+    "restart": WorkerCommand.Action.RESTART,
+    "clear-gpu": WorkerCommand.Action.CLEAR_GPU,
+    "kill": WorkerCommand.Action.KILL,
+}
+
+
+def recent_workers(hours=1):
+    since = timezone.now() - timedelta(hours=hours)
+    return list(Worker.objects.exclude(state=Worker.State.STOPPED, last_seen__lt=since).order_by("-last_seen")[:50])
+
+
+def api_answers(url, timeout=3.0):
+    """(ok, detail): whether the web API answers at `url` (…/v1)."""
+    try:
+        with urllib.request.urlopen(f"{url.rstrip('/')}/openapi.json", timeout=timeout) as response:
+            return response.status == 200, f"HTTP {response.status}"
+    except urllib.error.HTTPError as exc:
+        return False, f"HTTP {exc.code}"
+    except (urllib.error.URLError, OSError) as exc:
+        return False, str(getattr(exc, "reason", exc))
+
+
+def queued_tasks():
+    from django_q.brokers import get_broker
+
+    try:
+        return get_broker().queue_size()
+    except Exception:  # a broker that is down must not break `status`
+        return None
+
+
+def status_report(api_url):
+    now = timezone.now()
+    workers = []
+    for worker in recent_workers():
+        batch = worker.current_batch if worker.current_batch_id else None
+        workers.append(
+            {
+                "id": worker.pk,
+                "name": worker.name,
+                "host": worker.hostname,
+                "pid": worker.pid,
+                "cluster": worker.cluster_name,
+                "state": worker.state,
+                "freshness": worker.freshness(now),
+                "model": worker.current_model or None,
+                "batch": worker.current_batch_id,
+                "batch_progress": round(batch.progress, 4) if batch else None,
+                "last_seen_seconds_ago": int((now - worker.last_seen).total_seconds()),
+                "memory_kind": worker.memory_kind,
+                "memory_used": worker.memory_used,
+                "memory_total": worker.memory_total,
+            }
+        )
+    ok, detail = api_answers(api_url)
+    return {
+        "workers": workers,
+        "online": sum(1 for w in workers if w["freshness"] == Worker.Freshness.ONLINE),
+        "api": {"url": api_url, "answers": ok, "detail": detail},
+        "batches": {
+            "validating": Batch.objects.filter(status=Batch.Status.VALIDATING).count(),
+            "in_progress": Batch.objects.filter(status=Batch.Status.IN_PROGRESS).count(),
+            "cancelling": Batch.objects.filter(status=Batch.Status.CANCELLING).count(),
+        },
+        "queued_tasks": queued_tasks(),
+    }
+
+
+def _mib(value):
+    return "-" if value is None else f"{value / 2**20:,.0f} MiB"
+
+
+def render_status(report):
+    lines = []
+    if not report["workers"]:
+        lines.append("No worker has reported.")
+    else:
+        lines.append(f"{'ID':>4}  {'WORKER':<24} {'FRESHNESS':<9} {'STATE':<13} {'MODEL':<22} {'SEEN':>6}  MEMORY")
+        for w in report["workers"]:
+            memory = f"{w['memory_kind'] or '?'} {_mib(w['memory_used'])} / {_mib(w['memory_total'])}"
+            batch = f"  batch {w['batch']} {w['batch_progress']:.0%}" if w["batch"] else ""
+            lines.append(
+                f"{w['id']:>4}  {w['name']:<24} {w['freshness']:<9} {w['state']:<13} {(w['model'] or '-'):<22} "
+                f"{w['last_seen_seconds_ago']:>5}s  {memory}{batch}"
+            )
+    api = report["api"]
+    lines.append(f"API {api['url']}: {'answers' if api['answers'] else 'does not answer'} ({api['detail']})")
+    b = report["batches"]
+    queued = "?" if report["queued_tasks"] is None else report["queued_tasks"]
+    lines.append(
+        f"Batches: {b['validating']} validating, {b['in_progress']} in progress, {b['cancelling']} cancelling; "
+        f"{queued} tasks queued"
+    )
+    lines.append(f"{report['online']} worker(s) online")
+    return "\n".join(lines)
+
+
+def select_workers(worker=None, all_online=False):
+    """The workers a control command targets: one by id or name, or every online one."""
+    if worker:
+        query = Worker.objects.filter(name=worker) if not str(worker).isdigit() else Worker.objects.filter(pk=worker)
+        return list(query)
+    if all_online:
+        return [w for w in recent_workers() if w.freshness() == Worker.Freshness.ONLINE]
+    return []
+
+
+def send(action, workers, *, wait=False, timeout=None, requested_by="cli"):
+    """Sends `action` to each worker; returns [(worker, command, outcome text)]."""
+    timeout = timeout if timeout is not None else settings.VLLM_BATCH["HEARTBEAT_SECONDS"] * 3 + 60
+    results = []
+    for worker in workers:
+        if ACTIONS[action] == WorkerCommand.Action.KILL:
+            command, how = services.worker_kill(
+                worker=worker, requested_by=requested_by, wait=timeout if wait else None
+            )
+            if how == "pending":
+                outcome = f"{worker.name} is on another host and has not answered: it cannot be killed from here"
+            else:
+                outcome = command.result
+        else:
+            command = services.command_create(worker=worker, action=ACTIONS[action], requested_by=requested_by)
+            if wait:
+                command = services.command_wait(command=command, timeout=timeout)
+            outcome = command.result if command.is_finished else f"sent ({command.status})"
+        results.append((worker, command, outcome))
+    return results
