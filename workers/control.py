@@ -2,14 +2,13 @@
 
 import urllib.error
 import urllib.request
-from datetime import timedelta
 
 from django.conf import settings
 from django.utils import timezone
 
 from jobs.models import Batch
 
-from . import services
+from . import selectors, services
 from .models import Worker, WorkerCommand
 
 ACTIONS = {
@@ -17,11 +16,6 @@ ACTIONS = {
     "clear-gpu": WorkerCommand.Action.CLEAR_GPU,
     "kill": WorkerCommand.Action.KILL,
 }
-
-
-def recent_workers(hours=1):
-    since = timezone.now() - timedelta(hours=hours)
-    return list(Worker.objects.exclude(state=Worker.State.STOPPED, last_seen__lt=since).order_by("-last_seen")[:50])
 
 
 def api_answers(url, timeout=3.0):
@@ -47,7 +41,7 @@ def queued_tasks():
 def status_report(api_url):
     now = timezone.now()
     workers = []
-    for worker in recent_workers():
+    for worker in selectors.worker_list_recent(now=now, limit=50):
         batch = worker.current_batch if worker.current_batch_id else None
         workers.append(
             {
@@ -116,7 +110,7 @@ def select_workers(worker=None, all_online=False):
         query = Worker.objects.filter(name=worker) if not str(worker).isdigit() else Worker.objects.filter(pk=worker)
         return list(query)
     if all_online:
-        return [w for w in recent_workers() if w.freshness() == Worker.Freshness.ONLINE]
+        return selectors.worker_list_online()
     return []
 
 

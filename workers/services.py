@@ -53,7 +53,9 @@ def worker_kill(*, worker, requested_by="", wait=None):
         return command, "pending"
     try:
         root = psutil.Process(worker.pid)
-        processes = [*root.children(recursive=True), root]
+        # A pid taken over by another process since the worker started is not ours to kill.
+        ours = root.create_time() <= worker.started_at.timestamp() + 5
+        processes = [*root.children(recursive=True), root] if ours else []
     except psutil.NoSuchProcess:
         processes = []
     for process in processes:
@@ -62,10 +64,12 @@ def worker_kill(*, worker, requested_by="", wait=None):
         except psutil.Error:
             pass
     psutil.wait_procs(processes, timeout=10)
+    if processes:
+        result = f"no answer within {wait:.0f} s: killed pid {worker.pid} and its children with SIGKILL"
+    else:
+        result = f"no answer within {wait:.0f} s: process {worker.pid} is already gone"
     WorkerCommand.objects.filter(pk=command.pk).update(
-        status=WorkerCommand.Status.DONE,
-        result=f"no answer within {wait:.0f} s: killed pid {worker.pid} and its children with SIGKILL",
-        finished_at=timezone.now(),
+        status=WorkerCommand.Status.DONE, result=result, finished_at=timezone.now()
     )
     Worker.objects.filter(pk=worker.pk).update(state=Worker.State.STOPPED)
     command.refresh_from_db()

@@ -210,7 +210,7 @@ def test_commands_are_not_sent_to_stopped_workers(admin_client):
 def test_kill_of_a_hung_local_worker_falls_back_to_signals(admin_client):
     hung = subprocess.Popen(["sleep", "60"])
     try:
-        worker = make_worker(pid=hung.pid, hostname=socket.gethostname())
+        worker = make_worker(pid=hung.pid, hostname=socket.gethostname(), started_at=timezone.now())
 
         [message] = run_action(admin_client, "kill_workers", worker)
 
@@ -223,6 +223,20 @@ def test_kill_of_a_hung_local_worker_falls_back_to_signals(admin_client):
     finally:
         hung.kill()
         hung.wait()
+
+
+def test_kill_never_signals_a_process_that_reused_a_dead_workers_pid(admin_client):
+    stranger = subprocess.Popen(["sleep", "60"])
+    try:
+        worker = make_worker(pid=stranger.pid, hostname=socket.gethostname())  # started 5 min before the pid
+
+        [message] = run_action(admin_client, "kill_workers", worker)
+
+        assert stranger.poll() is None, "an unrelated process was killed"
+        assert "already gone" in message
+    finally:
+        stranger.kill()
+        stranger.wait()
 
 
 def test_kill_of_a_silent_remote_worker_says_it_cannot_be_killed_from_here(admin_client):
