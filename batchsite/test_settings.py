@@ -9,3 +9,5 @@ FILES_ROOT = VAR_DIR / "files"
 STORAGES["default"]["OPTIONS"]["location"] = str(FILES_ROOT)
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 LOG_DIR = VAR_DIR / "logs"
+STATIC_ROOT = VAR_DIR / "static"
+STATIC_ROOT.mkdir()
