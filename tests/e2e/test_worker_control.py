@@ -105,11 +105,15 @@ def test_restart_gives_a_new_pid_with_the_model_reloaded(stack, client):
 
     assert result.returncode == 0, result.stderr
     assert "restarting" in result.stdout
-    after = online_worker(
-        stack,
-        timeout=180,
-        where=lambda w: w["pid"] != before["pid"] and w["model"] == "tiny-llama" and w["state"] == "idle",
-    )
+    states = set()
+
+    def reloaded(w):
+        if w["pid"] != before["pid"]:
+            states.add(w["state"])
+        return w["pid"] != before["pid"] and w["model"] == "tiny-llama" and w["state"] == "idle"
+
+    after = online_worker(stack, timeout=180, where=reloaded)
+    assert "loading" in states, f"the new worker was never seen loading its model: {states}"
     assert not psutil.pid_exists(before["pid"]) or psutil.Process(before["pid"]).status() == "zombie"
     assert after["state"] == "idle"
 
