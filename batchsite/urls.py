@@ -3,7 +3,7 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularJSONAPIView
 from rest_framework.permissions import AllowAny
 
-from jobs.errors import json_404, json_500
+from jobs.errors import json_400, json_404, json_500
 
 urlpatterns = [
     # The log viewer (/admin/worker-logs), inside the admin but not a model page.
@@ -18,5 +18,6 @@ urlpatterns = [
     ),
 ]
 
+handler400 = json_400
 handler404 = json_404
 handler500 = json_500

@@ -2,6 +2,8 @@
 
 import logging
 
+from django.conf import settings
+from django.core.exceptions import RequestDataTooBig
 from django.http import Http404, JsonResponse
 from rest_framework import exceptions, status
 from rest_framework.response import Response
@@ -75,6 +77,15 @@ VALIDATION_CODES = {
 
 
 def openai_exception_handler(exc, context):
+    if isinstance(exc, RequestDataTooBig):
+        return Response(
+            error_envelope(
+                f"The request body is larger than {settings.DATA_UPLOAD_MAX_MEMORY_SIZE} bytes.",
+                param=None,
+                code="request_too_large",
+            ),
+            status=413,
+        )
     if isinstance(exc, ApiError):
         return Response(exc.envelope(), status=exc.status_code)
     if isinstance(exc, Http404):
@@ -107,6 +118,10 @@ def openai_exception_handler(exc, context):
 
 def json_404(request, exception=None):
     return JsonResponse(error_envelope(f"Unknown path: {request.path}", code="unknown_url"), status=404)
+
+
+def json_400(request, exception=None):
+    return JsonResponse(error_envelope("Bad request.", code="bad_request"), status=400)
 
 
 def json_500(request):

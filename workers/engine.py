@@ -8,8 +8,10 @@ come back as plain dataclasses; workers/responses.py turns them into OpenAI bodi
 import gc
 import logging
 import os
+import queue
 import threading
 import time
+import uuid
 from collections.abc import Iterable, Iterator
 
 # vLLM reads these at import; safe defaults for a CPU host, ignored on CUDA.
@@ -22,7 +24,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import vllm
 from vllm.pooling_params import PoolingParams
-from vllm.sampling_params import SamplingParams, StructuredOutputsParams
+from vllm.sampling_params import RequestOutputKind, SamplingParams, StructuredOutputsParams
 
 from .engine_types import (
     Choice,
@@ -40,7 +42,12 @@ DEFAULT_ENGINE_ARGS = {
     # max_tokens on whitespace and never close the object.
     "structured_outputs_config": {"backend": "xgrammar", "disable_any_whitespace": True},
     "disable_log_stats": True,
+    # Realtime requests join a running batch with a higher priority, so they are
+    # scheduled before the batch's waiting requests instead of behind them.
+    "scheduling_policy": "priority",
 }
+
+REALTIME_PRIORITY = -1
 
 
 def _token_bytes(token):
@@ -82,6 +89,28 @@ def _generation(request_output, want_logprobs):
     )
 
 
+def _delta(request_output):
+    """What a streamed (DELTA) output adds: per choice the new text and tokens."""
+    return {
+        "prompt_tokens": len(request_output.prompt_token_ids or ()),
+        "choices": [
+            {"index": o.index, "text": o.text, "tokens": len(o.token_ids), "finish_reason": o.finish_reason}
+            for o in request_output.outputs
+        ],
+    }
+
+
+class RealtimeRequest:
+    """One realtime request; its events ("delta", dict) / ("done", Generation) /
+    ("error", EngineError) arrive on `events` from whichever thread steps the engine."""
+
+    def __init__(self, item, stream):
+        self.id = f"rt-{uuid.uuid4().hex}"
+        self.item = item
+        self.stream = stream
+        self.events = queue.Queue()
+
+
 def _sampling_params(kwargs):
     kwargs = dict(kwargs)
     structured = kwargs.pop("structured_outputs", None)
@@ -91,14 +120,19 @@ def _sampling_params(kwargs):
 
 
 class Engine:
-    """One loaded model. Not thread-safe: the worker drives it from one thread,
-    and `lock` guards the few places another thread touches it."""
+    """One loaded model. vLLM's engine is not thread-safe: whoever holds
+    `step_lock` (the batch loop, or a realtime request waiting for its answer)
+    is the only thread that adds requests and steps it."""
 
     def __init__(self, name, engine_args):
         self.name = name
         self.engine_args = dict(engine_args)
         self.runner = self.engine_args.get("runner", "generate")
         self.lock = threading.Lock()
+        self.step_lock = threading.Lock()
+        self._submitted = queue.Queue()
+        self._cancelled = queue.Queue()
+        self._realtime = {}
         args = {**DEFAULT_ENGINE_ARGS, **self.engine_args}
         if self.runner == "pooling":
             args.pop("structured_outputs_config", None)
@@ -157,12 +191,17 @@ class Engine:
         Keeps up to `window` requests in the engine and yields (key, Generation)
         as each finishes, or (key, EngineError) for a request the engine refused.
         Closing the generator aborts whatever is still in flight."""
+        with self.step_lock:
+            yield from self._generate(items, window)
+
+    def _generate(self, items, window):
         engine = self.llm.llm_engine
         pending = iter(items)
         in_flight = {}
         exhausted = False
         try:
             while True:
+                self._service_realtime()
                 while not exhausted and len(in_flight) < window:
                     item = next(pending, None)
                     if item is None:
@@ -184,7 +223,7 @@ class Engine:
                         yield item.key, EngineError("The engine dropped the request.", code="engine_error")
                     continue
                 for output in engine.step():
-                    if not output.finished:
+                    if self._route(output) or not output.finished:
                         continue
                     entry = in_flight.pop(output.request_id, None)
                     if entry is None:
@@ -194,17 +233,116 @@ class Engine:
         finally:
             if in_flight:
                 engine.abort_request([internal_id for internal_id, _ in in_flight.values()], internal=True)
-                # Drain so the aborted requests don't surface in a later call.
-                while engine.has_unfinished_requests():
-                    engine.step()
+                # Drain so the aborted requests don't surface in a later call; realtime
+                # requests still running are left to their own threads.
+                while engine.has_unfinished_requests() and not self._realtime:
+                    for output in engine.step():
+                        self._route(output)
+
+    # -- realtime -------------------------------------------------------------
+
+    def submit(self, item: GenerateItem, stream=False) -> RealtimeRequest:
+        """Queues a realtime request from any thread; the thread holding
+        `step_lock` adds it to the engine, alongside a running batch."""
+        request = RealtimeRequest(item, stream)
+        self._submitted.put(request)
+        return request
+
+    def cancel(self, request):
+        self._cancelled.put(request.id)
+
+    def next_event(self, request, timeout):
+        """The request's next event. When no batch steps the engine, the waiting
+        thread steps it itself. Raises TimeoutError after `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return request.events.get(timeout=0.02)
+            except queue.Empty:
+                pass
+            if time.monotonic() >= deadline:
+                raise TimeoutError(request.id)
+            if self.step_lock.acquire(blocking=False):
+                try:
+                    while request.events.empty() and time.monotonic() < deadline:
+                        self._service_realtime()
+                        if not self.llm.llm_engine.has_unfinished_requests():
+                            break
+                        for output in self.llm.llm_engine.step():
+                            self._route(output)
+                finally:
+                    self.step_lock.release()
+
+    def _service_realtime(self):
+        """Adds submitted and aborts cancelled realtime requests; holder of step_lock only."""
+        aborted = []
+        while not self._cancelled.empty():
+            request_id = self._cancelled.get()
+            if self._realtime.pop(request_id, None) is not None:
+                aborted.append(request_id)
+        if aborted:
+            self.llm.llm_engine.abort_request(aborted)
+        while not self._submitted.empty():
+            request = self._submitted.get()
+            try:
+                self._add_realtime(request)
+            except Exception as exc:  # vLLM validates while adding
+                request.events.put(("error", EngineError(str(exc))))
+            else:
+                self._realtime[request.id] = request
+
+    def _add_realtime(self, request):
+        item = request.item
+        params = _sampling_params(item.sampling)
+        if request.stream:
+            params.output_kind = RequestOutputKind.DELTA
+        if item.chat is not None:
+            options = item.chat_options
+            engine_input = self.llm._preprocess_chat_one(
+                item.chat,
+                chat_template_kwargs=options.get("chat_template_kwargs"),
+                add_generation_prompt=options.get("add_generation_prompt", True),
+                continue_final_message=options.get("continue_final_message", False),
+                tools=options.get("tools"),
+            )
+        else:
+            prompt = item.prompt
+            engine_input = self.llm._preprocess_cmpl_one(
+                {"prompt_token_ids": prompt} if isinstance(prompt, list) else prompt
+            )
+        self.llm.llm_engine.add_request(request.id, engine_input, params, priority=REALTIME_PRIORITY)
+
+    def _route(self, output):
+        """Hands a realtime request's output to its waiter; False for batch outputs."""
+        if not output.request_id.startswith("rt-"):
+            return False
+        request = self._realtime.get(output.request_id)
+        if request is None:
+            return True
+        if request.stream:
+            request.events.put(("delta", _delta(output)))
+        if output.finished:
+            del self._realtime[output.request_id]
+            generation = None if request.stream else _generation(output, request.item.sampling.get("logprobs"))
+            request.events.put(("done", generation))
+        return True
 
     # -- embeddings ---------------------------------------------------------
 
-    def embed(self, inputs, dimensions=None):
+    def embed(self, inputs, dimensions=None, timeout=None):
         """Embeds a list of strings or token-id lists; returns a list of
-        Embedding or EngineError, one per input."""
+        Embedding or EngineError, one per input. Waits at most `timeout` seconds
+        for the engine (TimeoutError), forever without one."""
         prompts = [{"prompt_token_ids": x} if isinstance(x, list) else x for x in inputs]
         params = PoolingParams(dimensions=dimensions) if dimensions else None
+        if not self.step_lock.acquire(timeout=-1 if timeout is None else timeout):
+            raise TimeoutError("the engine stayed busy")
+        try:
+            return self._embed(prompts, params)
+        finally:
+            self.step_lock.release()
+
+    def _embed(self, prompts, params):
         try:
             outputs = self.llm.embed(prompts, pooling_params=params, use_tqdm=False)
         except Exception:

@@ -1,0 +1,211 @@
+"""The worker's realtime endpoint: a small HTTP server in the worker process that
+runs single requests on the engine the worker holds, alongside a running batch.
+
+Only the web process talks to it: it listens on 127.0.0.1 unless
+VLLM_BATCH_REALTIME_HOST says otherwise, and every request must carry this
+process's random token, which the heartbeat writes to the Worker row with the URL.
+The answer is newline-delimited JSON: {"chunk": ...} lines when streaming, then
+one {"done": body} or {"error": {...}} line.
+"""
+
+import json
+import logging
+import os
+import secrets
+import threading
+import time
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from . import engine_host, responses
+from . import params as P
+from .engine_types import EngineError, GenerateItem
+
+logger = logging.getLogger(__name__)
+
+TOKEN_HEADER = "X-Realtime-Token"
+_server = None
+_token = secrets.token_urlsafe(24)
+
+
+class RealtimeFailure(Exception):
+    def __init__(self, status, code, message, param=None):
+        super().__init__(message)
+        self.error = {"status": status, "code": code, "message": message, "param": param}
+
+
+def url():
+    if _server is None:
+        return ""
+    host, port = _server.server_address[:2]
+    return f"http://{host}:{port}"
+
+
+def token():
+    return _token if _server is not None else ""
+
+
+def start():
+    """Starts the server on a daemon thread; the heartbeat publishes its URL."""
+    global _server
+    if _server is None:
+        host = os.environ.get("VLLM_BATCH_REALTIME_HOST", "127.0.0.1")
+        _server = ThreadingHTTPServer((host, int(os.environ.get("VLLM_BATCH_REALTIME_PORT", "0"))), Handler)
+        _server.daemon_threads = True
+        threading.Thread(target=_server.serve_forever, name="realtime", daemon=True).start()
+        logger.info("realtime server on %s", url())
+
+
+def _engine_for(model):
+    engine = engine_host.current()
+    if engine is None or (model and engine.name != model):
+        raise RealtimeFailure(503, "model_not_loaded", f"This worker does not hold the model '{model}'.")
+    return engine
+
+
+def _items(kind, body):
+    try:
+        sampling = P.sampling_kwargs(body, "/v1/chat/completions" if kind == "chat" else "/v1/completions")
+        if kind == "chat":
+            options = {
+                key: body[key]
+                for key in ("chat_template_kwargs", "add_generation_prompt", "continue_final_message", "tools")
+                if key in body
+            }
+            return [GenerateItem(key=0, sampling=sampling, chat=P.chat_messages(body), chat_options=options)]
+        return [GenerateItem(key=i, sampling=sampling, prompt=p) for i, p in enumerate(P.completion_prompts(body))]
+    except P.ParamError as exc:
+        raise RealtimeFailure(400, exc.code, exc.message, exc.param) from None
+
+
+def _result(engine, request, deadline):
+    try:
+        kind, value = engine.next_event(request, max(0.0, deadline - time.monotonic()))
+    except TimeoutError:
+        engine.cancel(request)
+        raise RealtimeFailure(504, "timeout", "The request timed out in the engine and was aborted.") from None
+    if kind == "error":
+        raise RealtimeFailure(400, value.code, value.message, value.param)
+    return kind, value
+
+
+def generate(engine, kind, body, deadline):
+    """The OpenAI body for a chat or completions request."""
+    requests = [engine.submit(item) for item in _items(kind, body)]
+    try:
+        generations = [_result(engine, r, deadline)[1] for r in requests]
+    except RealtimeFailure:
+        for r in requests:
+            engine.cancel(r)
+        raise
+    if kind == "chat":
+        return responses.chat_completion(generations[0], engine.name)
+    return responses.text_completion(generations, engine.name)
+
+
+def _chunk(kind, chunk_id, created, model, choices, usage=None):
+    body = {
+        "id": chunk_id,
+        "object": "chat.completion.chunk" if kind == "chat" else "text_completion",
+        "created": created,
+        "model": model,
+        "choices": choices,
+    }
+    if usage is not None:
+        body["usage"] = usage
+    return body
+
+
+def stream(engine, kind, body, deadline):
+    """Yields OpenAI chunks for a streamed chat or completions request."""
+    items = _items(kind, body)
+    if len(items) != 1:
+        raise RealtimeFailure(400, "unsupported_parameter", "Streaming takes a single prompt.", "prompt")
+    request = engine.submit(items[0], stream=True)
+    chunk_id = f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{uuid.uuid4().hex}"
+    created = int(time.time())
+    prompt_tokens = completion_tokens = 0
+    started = set()
+    try:
+        while True:
+            event, delta = _result(engine, request, deadline)
+            if event == "done":
+                break
+            prompt_tokens = prompt_tokens or delta["prompt_tokens"]
+            choices = []
+            for c in delta["choices"]:
+                completion_tokens += c["tokens"]
+                if kind == "chat":
+                    content = {"content": c["text"]}
+                    if c["index"] not in started:
+                        content = {"role": "assistant", **content}
+                    started.add(c["index"])
+                    choices.append({"index": c["index"], "delta": content, "finish_reason": c["finish_reason"]})
+                else:
+                    choices.append({"index": c["index"], "text": c["text"], "finish_reason": c["finish_reason"]})
+            yield _chunk(kind, chunk_id, created, engine.name, choices)
+    except BaseException:
+        engine.cancel(request)
+        raise
+    options = body.get("stream_options") or {}
+    if isinstance(options, dict) and options.get("include_usage"):
+        usage = responses._usage(prompt_tokens, completion_tokens)
+        yield _chunk(kind, chunk_id, created, engine.name, [], usage)
+
+
+def embed(engine, body, deadline):
+    try:
+        inputs = P.embedding_inputs(body)
+        dimensions = P._number(body, "dimensions", lo=1, integer=True)
+        encoding = body.get("encoding_format", "float")
+        if encoding not in ("float", "base64"):
+            raise P.ParamError("'encoding_format' must be 'float' or 'base64'.", "encoding_format")
+    except P.ParamError as exc:
+        raise RealtimeFailure(400, exc.code, exc.message, exc.param) from None
+    try:
+        vectors = engine.embed(inputs, dimensions=dimensions, timeout=max(0.0, deadline - time.monotonic()))
+    except TimeoutError:
+        raise RealtimeFailure(504, "timeout", "The engine stayed busy past the request's timeout.") from None
+    failure = next((v for v in vectors if isinstance(v, EngineError)), None)
+    if failure is not None:
+        raise RealtimeFailure(400, failure.code, failure.message, failure.param)
+    return responses.embedding_list(vectors, engine.name, encoding)
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.0"
+
+    def log_message(self, format, *args):
+        logger.debug("realtime %s", format % args)
+
+    def do_POST(self):
+        if not secrets.compare_digest(self.headers.get(TOKEN_HEADER, ""), _token):
+            self.send_error(403)
+            return
+        request = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+        kind, body = request["kind"], request["body"]
+        deadline = time.monotonic() + float(request.get("timeout", 60))
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-ndjson")
+        self.end_headers()
+        try:
+            engine = _engine_for(body.get("model"))
+            if kind == "embeddings":
+                self._line({"done": embed(engine, body, deadline)})
+            elif body.get("stream"):
+                for chunk in stream(engine, kind, body, deadline):
+                    self._line({"chunk": chunk})
+                self._line({"done": None})
+            else:
+                self._line({"done": generate(engine, kind, body, deadline)})
+        except RealtimeFailure as exc:
+            self._line({"error": exc.error})
+        except (BrokenPipeError, ConnectionResetError):
+            logger.info("realtime client went away; request aborted")
+        except Exception as exc:
+            logger.exception("realtime request failed")
+            self._line({"error": {"status": 500, "code": "engine_error", "message": str(exc), "param": None}})
+
+    def _line(self, payload):
+        self.wfile.write(json.dumps(payload).encode() + b"\n")
+        self.wfile.flush()
