@@ -78,3 +78,27 @@ def test_stop_mid_batch_is_bounded_and_restart_resumes(client, stack):
     assert batch.request_counts.completed == n
     assert time.monotonic() - started < 400
     assert len(read_lines(client, batch.output_file_id)) == n
+
+
+def test_sigterm_to_the_whole_process_group_is_bounded_and_resumes(client, stack):
+    """What systemd does on stop (KillMode=control-group): every process of the
+    cluster gets SIGTERM at once. django-q2 alone would hang here."""
+    import os
+    import signal
+
+    n = 1500
+    batch = long_batch(client, n)
+    wait_for(client, batch.id, lambda b: b.request_counts.completed >= 16, timeout=300)
+    worker = stack.worker
+    started = time.monotonic()
+
+    os.killpg(worker.pid, signal.SIGTERM)
+    worker.wait(timeout=120)
+
+    assert time.monotonic() - started < 60
+    stack.worker = None
+    stack.start_worker()
+    batch = wait_finished(client, batch.id, timeout=400)
+    assert batch.status == "completed"
+    ids = [o["custom_id"] for o in read_lines(client, batch.output_file_id)]
+    assert sorted(ids) == sorted(f"r{i}" for i in range(n))
