@@ -6,6 +6,7 @@ come back as plain dataclasses; workers/responses.py turns them into OpenAI bodi
 """
 
 import gc
+import itertools
 import logging
 import os
 import queue
@@ -48,6 +49,14 @@ DEFAULT_ENGINE_ARGS = {
 }
 
 REALTIME_PRIORITY = -1
+
+
+# Requests rendered and added per engine call while filling the window.
+ADD_GROUP = 64
+
+
+def _same_call(a, b):
+    return (a.chat is None) == (b.chat is None) and a.chat_options == b.chat_options
 
 
 def _token_bytes(token):
@@ -185,6 +194,51 @@ class Engine:
         # the external "<n>". Abort takes the internal one.
         return request_id.split("-", 1)[0], request_id
 
+    def _add_group(self, items):
+        """Adds items with as few engine calls as possible: rendering many prompts in
+        one call costs far less than one call each. Yields (item, ids or exception);
+        a group the engine refuses is retried one by one to find the bad request."""
+        start = 0
+        while start < len(items):
+            first = items[start]
+            end = start + 1
+            while end < len(items) and _same_call(first, items[end]):
+                end += 1
+            group = items[start:end]
+            start = end
+            try:
+                ids = self._enqueue(group)
+            except Exception:  # vLLM validates while adding; isolate the culprit
+                ids = None
+            if ids is not None and len(ids) == len(group):
+                for item, request_id in zip(group, ids, strict=True):
+                    # enqueue* return the engine's internal id "<n>-<random>"; outputs
+                    # carry the external "<n>". Abort takes the internal one.
+                    yield item, (request_id.split("-", 1)[0], request_id)
+                continue
+            for item in group:
+                try:
+                    yield item, self._add(item)
+                except Exception as exc:
+                    yield item, exc
+
+    def _enqueue(self, group):
+        params = [_sampling_params(item.sampling) for item in group]
+        first = group[0]
+        if first.chat is not None:
+            options = first.chat_options
+            return self.llm.enqueue_chat(
+                [item.chat for item in group],
+                params,
+                use_tqdm=False,
+                chat_template_kwargs=options.get("chat_template_kwargs"),
+                add_generation_prompt=options.get("add_generation_prompt", True),
+                continue_final_message=options.get("continue_final_message", False),
+                tools=options.get("tools"),
+            )
+        prompts = [{"prompt_token_ids": i.prompt} if isinstance(i.prompt, list) else i.prompt for i in group]
+        return self.llm.enqueue(prompts, params, use_tqdm=False)
+
     def generate(self, items: Iterable[GenerateItem], window: int = 1024) -> Iterator[tuple]:
         """Streams items through vLLM's continuous batching.
 
@@ -203,16 +257,15 @@ class Engine:
             while True:
                 self._service_realtime()
                 while not exhausted and len(in_flight) < window:
-                    item = next(pending, None)
-                    if item is None:
+                    group = list(itertools.islice(pending, min(ADD_GROUP, window - len(in_flight))))
+                    if not group:
                         exhausted = True
                         break
-                    try:
-                        external_id, internal_id = self._add(item)
-                    except Exception as exc:  # vLLM validates while adding
-                        yield item.key, EngineError(str(exc))
-                        continue
-                    in_flight[external_id] = (internal_id, item)
+                    for item, added in self._add_group(group):
+                        if isinstance(added, Exception):
+                            yield item.key, EngineError(str(added))
+                        else:
+                            in_flight[added[0]] = (added[1], item)
                 if not in_flight:
                     return
                 if not engine.has_unfinished_requests():
@@ -250,18 +303,18 @@ class Engine:
 
     def cancel(self, request):
         self._cancelled.put(request.id)
+        # Abort now if nobody steps the engine; otherwise its stepper does it.
+        if self.step_lock.acquire(blocking=False):
+            try:
+                self._service_realtime()
+            finally:
+                self.step_lock.release()
 
     def next_event(self, request, timeout):
         """The request's next event. When no batch steps the engine, the waiting
         thread steps it itself. Raises TimeoutError after `timeout` seconds."""
         deadline = time.monotonic() + timeout
         while True:
-            try:
-                return request.events.get(timeout=0.02)
-            except queue.Empty:
-                pass
-            if time.monotonic() >= deadline:
-                raise TimeoutError(request.id)
             if self.step_lock.acquire(blocking=False):
                 try:
                     while request.events.empty() and time.monotonic() < deadline:
@@ -272,24 +325,33 @@ class Engine:
                             self._route(output)
                 finally:
                     self.step_lock.release()
+            try:
+                return request.events.get(timeout=0.02)
+            except queue.Empty:
+                pass
+            if time.monotonic() >= deadline:
+                raise TimeoutError(request.id)
 
     def _service_realtime(self):
         """Adds submitted and aborts cancelled realtime requests; holder of step_lock only."""
-        aborted = []
+        # Cancels first: a request is submitted before it can be cancelled, so one
+        # cancelled before it was added is still in the submitted queue and is skipped.
+        cancelled = set()
         while not self._cancelled.empty():
-            request_id = self._cancelled.get()
-            if self._realtime.pop(request_id, None) is not None:
-                aborted.append(request_id)
-        if aborted:
-            self.llm.llm_engine.abort_request(aborted)
+            cancelled.add(self._cancelled.get())
         while not self._submitted.empty():
             request = self._submitted.get()
+            if request.id in cancelled:
+                continue
             try:
                 self._add_realtime(request)
             except Exception as exc:  # vLLM validates while adding
                 request.events.put(("error", EngineError(str(exc))))
             else:
                 self._realtime[request.id] = request
+        aborted = [request_id for request_id in cancelled if self._realtime.pop(request_id, None) is not None]
+        if aborted:
+            self.llm.llm_engine.abort_request(aborted)
 
     def _add_realtime(self, request):
         item = request.item

@@ -12,7 +12,7 @@ from django.conf import settings
 from django.db import close_old_connections
 from django.utils import timezone
 
-from . import engine_host, memory, state
+from . import engine_host, memory, realtime, state
 from .models import Worker, WorkerCommand
 
 logger = logging.getLogger(__name__)
@@ -34,6 +34,8 @@ def beat(name, started_at):
         "current_batch_id": current["batch_id"],
         "started_at": started_at,
         "last_seen": now,
+        "realtime_url": realtime.url(),
+        "realtime_token": realtime.token(),
         **memory.snapshot(),
     }
     worker, _ = Worker.objects.update_or_create(name=name, defaults=fields)

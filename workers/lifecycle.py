@@ -80,10 +80,12 @@ def _reload_after_restart():
 
 
 def on_worker_spawn(sender, proc_name=None, **kwargs):
+    from . import realtime
     from .heartbeat import HeartbeatThread
     from .watchdog import requeue_stale_batches
 
     signal.signal(signal.SIGTERM, _on_sigterm)
+    realtime.start()
     heartbeat = HeartbeatThread()
     heartbeat.start()
     multiprocessing.util.Finalize(None, _mark_stopped, args=(heartbeat.name_,), exitpriority=50)

@@ -98,6 +98,8 @@ class Worker(models.Model):
     memory_used = models.BigIntegerField(null=True, blank=True, help_text="Bytes: device memory, or the process RSS.")
     memory_total = models.BigIntegerField(null=True, blank=True, help_text="Bytes: device memory, or host memory.")
     host_memory_used = models.BigIntegerField(null=True, blank=True)
+    realtime_url = models.CharField(max_length=200, blank=True, help_text="The worker's realtime endpoint.")
+    realtime_token = models.CharField(max_length=64, blank=True, help_text="What the web sends to be let in.")
     started_at = models.DateTimeField()
     last_seen = models.DateTimeField()
     created_at = models.DateTimeField(auto_now_add=True)

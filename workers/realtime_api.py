@@ -1,0 +1,241 @@
+"""Realtime inference: /v1/chat/completions, /v1/completions, /v1/embeddings and
+/v1/inference, answered at once by a worker that holds the model.
+
+The web process never loads a model: it forwards the request to the worker's
+realtime endpoint (workers/realtime.py) and relays the answer, as server-sent
+events when the client streams.
+"""
+
+import http.client
+import json
+import os
+import time
+from urllib.parse import urlsplit
+
+from django.http import StreamingHttpResponse
+from drf_spectacular.utils import extend_schema
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from jobs.errors import ApiError, NotFound, error_envelope
+
+from .models import RegisteredModel, Worker
+from .selectors import worker_filter_freshness
+
+TOKEN_HEADER = "X-Realtime-Token"
+RETRY_AFTER_SECONDS = 10
+MAX_TIMEOUT = 600.0
+
+
+class ModelNotLoaded(ApiError):
+    status_code = 503
+    error_type = "server_error"
+
+
+class WorkerFailure(ApiError):
+    error_type = "server_error"
+
+
+def default_timeout():
+    return float(os.environ.get("VLLM_BATCH_REALTIME_TIMEOUT", "60"))
+
+
+def realtime_worker_for(model):
+    """An online worker holding `model` (any model when None), idle ones first."""
+    workers = Worker.objects.exclude(realtime_url="").exclude(current_model="")
+    workers = workers.filter(state__in=[Worker.State.IDLE, Worker.State.PROCESSING])
+    if model:
+        workers = workers.filter(current_model=model)
+    workers = worker_filter_freshness(queryset=workers, freshness=Worker.Freshness.ONLINE)
+    return min(workers, key=lambda w: (w.state != Worker.State.IDLE, -w.last_seen.timestamp()), default=None)
+
+
+def _timeout(body):
+    value = body.get("timeout", default_timeout())
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= MAX_TIMEOUT:
+        raise ApiError(f"'timeout' must be a number of seconds in (0, {MAX_TIMEOUT:g}].", param="timeout")
+    return float(value)
+
+
+def _raise_for(error):
+    status = error.get("status", 500)
+    kind = ModelNotLoaded if status == 503 else (WorkerFailure if status >= 500 else ApiError)
+    raise kind(error["message"], code=error.get("code"), param=error.get("param"), status_code=status)
+
+
+class WorkerCall:
+    """One request to a worker's realtime endpoint; iterate for its answer lines."""
+
+    def __init__(self, worker, kind, body, timeout):
+        url = urlsplit(worker.realtime_url)
+        # The worker enforces the timeout and aborts; the margin only covers the transport.
+        self.connection = http.client.HTTPConnection(url.hostname, url.port, timeout=timeout + 10)
+        payload = json.dumps({"kind": kind, "body": body, "timeout": timeout})
+        try:
+            self.connection.request(
+                "POST", "/", payload, {TOKEN_HEADER: worker.realtime_token, "Content-Type": "application/json"}
+            )
+            self.response = self.connection.getresponse()
+        except OSError:
+            self.close()
+            raise ModelNotLoaded(
+                "The worker holding this model did not answer; try again shortly.", code="model_not_loaded"
+            ) from None
+        if self.response.status != 200:
+            self.close()
+            raise ModelNotLoaded("The worker refused the request.", code="model_not_loaded")
+
+    def __iter__(self):
+        try:
+            while line := self.response.readline():
+                yield json.loads(line)
+        except TimeoutError:
+            raise WorkerFailure("The request timed out.", code="timeout", status_code=504) from None
+        except (OSError, ValueError):
+            raise WorkerFailure("The worker failed during the request.", code="engine_error", status_code=502) from None
+        finally:
+            self.close()
+
+    def close(self):
+        self.connection.close()
+
+
+def call_worker(kind, body):
+    """Finds a worker for the body's model and starts the call (a WorkerCall)."""
+    model = body.get("model")
+    if model is not None and not isinstance(model, str):
+        raise ApiError("'model' must be a string.", param="model", code="invalid_type")
+    if model:
+        registered = RegisteredModel.objects.filter(name=model, is_active=True).first()
+        if registered is None:
+            raise NotFound(f"The model '{model}' does not exist.", param="model")
+        if registered.serves_embeddings != (kind == "embeddings"):
+            raise ApiError(
+                f"The model '{model}' does not serve this endpoint.", param="model", code="model_not_supported"
+            )
+    timeout = _timeout(body)
+    worker = realtime_worker_for(model)
+    if worker is None:
+        raise ModelNotLoaded(
+            f"No worker has the model '{model}' loaded; try again later." if model else "No worker has a model loaded.",
+            code="model_not_loaded",
+            param="model",
+        )
+    if not model:
+        body = {**body, "model": worker.current_model}
+    return WorkerCall(worker, kind, body, timeout)
+
+
+def answer(kind, body):
+    """The worker's whole answer body, for a request that does not stream."""
+    for line in call_worker(kind, {**body, "stream": False}):
+        if "error" in line:
+            _raise_for(line["error"])
+        if "done" in line:
+            return line["done"]
+    raise WorkerFailure("The worker ended the request without an answer.", code="engine_error", status_code=502)
+
+
+def _sse(data):
+    return f"data: {json.dumps(data)}\n\n"
+
+
+def event_stream(lines, first):
+    yield _sse(first["chunk"])
+    try:
+        for line in lines:
+            if "chunk" in line:
+                yield _sse(line["chunk"])
+            elif "error" in line:
+                error = line["error"]
+                yield _sse(error_envelope(error["message"], "server_error", error.get("param"), error.get("code")))
+                return
+            else:
+                break
+    except ApiError as exc:
+        yield _sse(exc.envelope())
+        return
+    yield "data: [DONE]\n\n"
+
+
+def streamed(kind, body):
+    """Relays the worker's chunks as server-sent events; errors before the first
+    chunk still come back as a plain error response."""
+    lines = iter(call_worker(kind, body))
+    first = next(lines, None)
+    if first is None:
+        raise WorkerFailure("The worker ended the request without an answer.", code="engine_error", status_code=502)
+    if "error" in first:
+        _raise_for(first["error"])
+    if "done" in first:
+        return StreamingHttpResponse(iter(["data: [DONE]\n\n"]), content_type="text/event-stream")
+    response = StreamingHttpResponse(event_stream(lines, first), content_type="text/event-stream")
+    response["Cache-Control"] = "no-cache"
+    response["X-Accel-Buffering"] = "no"
+    return response
+
+
+class RealtimeView(APIView):
+    def handle_exception(self, exc):
+        response = super().handle_exception(exc)
+        if isinstance(exc, ModelNotLoaded):
+            response["Retry-After"] = str(RETRY_AFTER_SECONDS)
+        return response
+
+    def body(self, request, required):
+        body = request.data
+        if not isinstance(body, dict):
+            raise ApiError("The request body must be a JSON object.", code="invalid_type")
+        missing = [name for name in required if name not in body]
+        if missing:
+            raise ApiError(f"'{missing[0]}' is required.", param=missing[0], code="missing_required_parameter")
+        return body
+
+
+class ChatCompletionsView(RealtimeView):
+    @extend_schema(request=None, responses=None, operation_id="chat_completions_create")
+    def post(self, request):
+        body = self.body(request, ["messages"])
+        if body.get("stream"):
+            return streamed("chat", body)
+        return Response(answer("chat", body))
+
+
+class CompletionsView(RealtimeView):
+    @extend_schema(request=None, responses=None, operation_id="completions_create")
+    def post(self, request):
+        body = self.body(request, ["prompt"])
+        if body.get("stream"):
+            return streamed("completions", body)
+        return Response(answer("completions", body))
+
+
+class EmbeddingsView(RealtimeView):
+    @extend_schema(request=None, responses=None, operation_id="embeddings_create")
+    def post(self, request):
+        return Response(answer("embeddings", self.body(request, ["input"])))
+
+
+class InferenceView(RealtimeView):
+    """One prompt or conversation in, one text out."""
+
+    @extend_schema(request=None, responses=None, operation_id="inference_create")
+    def post(self, request):
+        body = self.body(request, [])
+        if "messages" not in body and "prompt" not in body:
+            raise ApiError("Send 'messages' or 'prompt'.", param="messages", code="missing_required_parameter")
+        if "json_schema" in body:
+            body = {**body, "guided_json": body["json_schema"]}
+        started = time.monotonic()
+        result = answer("chat" if "messages" in body else "completions", body)
+        choice = result["choices"][0]
+        text = choice["message"]["content"] if "message" in choice else choice["text"]
+        return Response(
+            {
+                "text": text,
+                "model": result["model"],
+                "usage": result["usage"],
+                "latency_ms": round((time.monotonic() - started) * 1000),
+                "finish_reason": choice["finish_reason"],
+            }
+        )

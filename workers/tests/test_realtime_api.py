@@ -1,0 +1,225 @@
+"""The realtime views with the worker call faked, and the worker's endpoint with a fake engine."""
+
+import json
+import os
+import socket
+
+import pytest
+from django.utils import timezone
+
+from jobs.tests.factories import CHAT_MODEL, EMBEDDING_MODEL, make_client
+from workers import realtime, realtime_api
+from workers.engine_types import Choice, Generation
+from workers.models import Worker
+
+CHAT_BODY = {"model": CHAT_MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4}
+
+
+@pytest.fixture
+def api(user):
+    return make_client(user)
+
+
+def make_worker(model=CHAT_MODEL, state=Worker.State.IDLE, url="http://127.0.0.1:9", **fields):
+    now = timezone.now()
+    return Worker.objects.create(
+        name=f"{socket.gethostname()}:{os.getpid()}:{model}",
+        hostname=socket.gethostname(),
+        pid=os.getpid(),
+        state=state,
+        current_model=model,
+        realtime_url=url,
+        realtime_token="secret",
+        started_at=now,
+        last_seen=now,
+        **fields,
+    )
+
+
+@pytest.fixture
+def worker_says(monkeypatch):
+    """Replaces the call to the worker by the given answer lines; records what was sent."""
+    sent = []
+
+    def fake(lines):
+        class FakeCall:
+            def __init__(self, worker, kind, body, timeout):
+                sent.append({"worker": worker, "kind": kind, "body": body, "timeout": timeout})
+
+            def __iter__(self):
+                return iter(lines)
+
+        monkeypatch.setattr(realtime_api, "WorkerCall", FakeCall)
+        return sent
+
+    return fake
+
+
+def chat_body(text="Hello"):
+    return {
+        "object": "chat.completion",
+        "model": CHAT_MODEL,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "length"}],
+        "usage": {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7},
+    }
+
+
+def test_chat_completion_is_relayed_from_the_worker_holding_the_model(api, chat_model, worker_says):
+    make_worker()
+    sent = worker_says([{"done": chat_body()}])
+    response = api.post("/v1/chat/completions", CHAT_BODY, format="json")
+    assert response.status_code == 200
+    assert response.json()["choices"][0]["message"]["content"] == "Hello"
+    assert sent[0]["kind"] == "chat"
+    assert sent[0]["timeout"] == 60
+
+
+def test_without_model_the_loaded_model_answers(api, chat_model, worker_says):
+    make_worker()
+    sent = worker_says([{"done": chat_body()}])
+    body = {k: v for k, v in CHAT_BODY.items() if k != "model"}
+    assert api.post("/v1/chat/completions", body, format="json").status_code == 200
+    assert sent[0]["body"]["model"] == CHAT_MODEL
+
+
+def test_no_worker_with_the_model_gives_503_with_retry_after(api, chat_model, embedding_model):
+    make_worker(model=EMBEDDING_MODEL)
+    response = api.post("/v1/chat/completions", CHAT_BODY, format="json")
+    assert response.status_code == 503
+    assert response["Retry-After"]
+    assert response.json()["error"]["code"] == "model_not_loaded"
+
+
+def test_stale_or_loading_workers_are_not_used(api, chat_model):
+    make_worker(state=Worker.State.LOADING)
+    stale = make_worker(model=CHAT_MODEL + "x")
+    Worker.objects.filter(pk=stale.pk).update(current_model=CHAT_MODEL, last_seen=timezone.now().replace(year=2000))
+    assert api.post("/v1/chat/completions", CHAT_BODY, format="json").status_code == 503
+
+
+def test_unknown_model_is_404(api, chat_model):
+    response = api.post("/v1/chat/completions", {**CHAT_BODY, "model": "nope"}, format="json")
+    assert response.status_code == 404
+    assert response.json()["error"]["param"] == "model"
+
+
+def test_worker_timeout_gives_504(api, chat_model, worker_says):
+    make_worker()
+    worker_says([{"error": {"status": 504, "code": "timeout", "message": "timed out", "param": None}}])
+    response = api.post("/v1/chat/completions", {**CHAT_BODY, "timeout": 0.5}, format="json")
+    assert response.status_code == 504
+    assert response.json()["error"]["code"] == "timeout"
+
+
+def test_bad_parameter_gives_400_envelope(api, chat_model, worker_says):
+    make_worker()
+    worker_says([{"error": {"status": 400, "code": "invalid_value", "message": "bad", "param": "temperature"}}])
+    response = api.post("/v1/chat/completions", {**CHAT_BODY, "temperature": 9}, format="json")
+    assert response.status_code == 400
+    assert response.json()["error"] == {
+        "message": "bad",
+        "type": "invalid_request_error",
+        "param": "temperature",
+        "code": "invalid_value",
+    }
+
+
+def test_bad_timeout_and_missing_messages_are_400(api, chat_model):
+    make_worker()
+    assert api.post("/v1/chat/completions", {**CHAT_BODY, "timeout": -1}, format="json").status_code == 400
+    response = api.post("/v1/chat/completions", {"model": CHAT_MODEL}, format="json")
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == "messages"
+
+
+def test_requires_an_api_key(client, chat_model):
+    response = client.post("/v1/chat/completions", CHAT_BODY, content_type="application/json")
+    assert response.status_code == 401
+    response = client.post(
+        "/v1/inference", CHAT_BODY, content_type="application/json", HTTP_AUTHORIZATION="Bearer wrong"
+    )
+    assert response.status_code == 401
+
+
+def test_stream_is_relayed_as_server_sent_events(api, chat_model, worker_says):
+    make_worker()
+    chunks = [{"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"content": t}}]} for t in "ab"]
+    worker_says([{"chunk": c} for c in chunks] + [{"done": None}])
+    response = api.post("/v1/chat/completions", {**CHAT_BODY, "stream": True}, format="json")
+    assert response.status_code == 200
+    assert response["Content-Type"].startswith("text/event-stream")
+    text = b"".join(response.streaming_content).decode()
+    events = [e.removeprefix("data: ") for e in text.split("\n\n") if e]
+    assert [json.loads(e) for e in events[:-1]] == chunks
+    assert events[-1] == "[DONE]"
+
+
+def test_inference_answers_text_usage_and_latency(api, chat_model, worker_says):
+    make_worker()
+    sent = worker_says([{"done": chat_body("yes")}])
+    response = api.post(
+        "/v1/inference", {"messages": CHAT_BODY["messages"], "json_schema": {"type": "object"}}, format="json"
+    )
+    assert response.status_code == 200
+    answer = response.json()
+    assert answer["text"] == "yes"
+    assert answer["model"] == CHAT_MODEL
+    assert answer["finish_reason"] == "length"
+    assert answer["usage"]["total_tokens"] == 7
+    assert isinstance(answer["latency_ms"], int)
+    assert sent[0]["body"]["guided_json"] == {"type": "object"}
+
+
+class FakeEngine:
+    name = CHAT_MODEL
+
+    def __init__(self):
+        self.cancelled = []
+
+    def submit(self, item, stream=False):
+        return item
+
+    def next_event(self, request, timeout):
+        if request.sampling.get("max_tokens", 0) > 100:
+            raise TimeoutError
+        return "done", Generation(
+            prompt_tokens=2, choices=[Choice(text="ok", completion_tokens=1, finish_reason="stop")]
+        )
+
+    def cancel(self, request):
+        self.cancelled.append(request)
+
+
+@pytest.fixture
+def live_worker(chat_model, monkeypatch):
+    engine = FakeEngine()
+    monkeypatch.setattr(realtime.engine_host, "current", lambda: engine)
+    realtime.start()
+    worker = make_worker(url=realtime.url())
+    Worker.objects.filter(pk=worker.pk).update(realtime_token=realtime.token())
+    return engine
+
+
+def test_worker_endpoint_answers_through_the_web(api, live_worker):
+    response = api.post("/v1/completions", {"model": CHAT_MODEL, "prompt": "Hi"}, format="json")
+    assert response.status_code == 200
+    assert response.json()["choices"][0]["text"] == "ok"
+
+
+def test_worker_endpoint_aborts_on_timeout(api, live_worker):
+    body = {"model": CHAT_MODEL, "prompt": "Hi", "max_tokens": 1000, "timeout": 1}
+    response = api.post("/v1/completions", body, format="json")
+    assert response.status_code == 504
+    assert live_worker.cancelled
+
+
+def test_worker_endpoint_needs_its_token(api, live_worker):
+    Worker.objects.update(realtime_token="wrong")
+    response = api.post("/v1/completions", {"model": CHAT_MODEL, "prompt": "Hi"}, format="json")
+    assert response.status_code == 503
+
+
+def test_endpoint_the_model_does_not_serve_is_400(api, chat_model, embedding_model):
+    response = api.post("/v1/embeddings", {"model": CHAT_MODEL, "input": "x"}, format="json")
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "model_not_supported"
