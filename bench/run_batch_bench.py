@@ -366,8 +366,9 @@ PROTOCOL = "@@bench "  # prefix of the A child's result lines on stdout (vLLM lo
 
 
 def child_llm_chat(argv):
-    """Reference A's child: load, warm up, then time one LLM.chat per input path read
-    from stdin, answering each with a result line; "quit" or end of input stops it."""
+    """Reference A's child: load, warm up, then time one LLM.chat per command read
+    from stdin ({"path": ..., "groups": [...]}), answering each with a result line;
+    "quit" or end of input stops it."""
     parser = argparse.ArgumentParser(prog="run_batch_bench.py _llm_chat")
     parser.add_argument("--model", required=True)
     parser.add_argument("--max-tokens", type=int, required=True)
@@ -396,9 +397,11 @@ def child_llm_chat(argv):
     say("ready", engine_start_s=engine_start)
 
     for command in sys.stdin:
-        path = command.strip()
-        if not path or path == "quit":
+        if not command.strip() or command.strip() == "quit":
             break
+        command = json.loads(command)
+        path = command["path"]
+        OUR_GROUPS.update(command["groups"])  # the parent's processes count as ours, not as noise
         with open(path) as f:
             conversations = [json.loads(line)["body"]["messages"] for line in f if line.strip()]
         meter = LoadMeter()
@@ -477,7 +480,7 @@ class ReferenceA:
         log(f"A: engine up in {self.ready['engine_start_s']:.1f} s")
 
     def run(self, path, number):
-        self.proc.stdin.write(f"{path}\n".encode())
+        self.proc.stdin.write((json.dumps({"path": str(path), "groups": sorted(OUR_GROUPS)}) + "\n").encode())
         self.proc.stdin.flush()
         run = self._next(TIMED_BATCH_TIMEOUT, "result")
         self.runs.append(run)
@@ -785,6 +788,9 @@ def bench_interleaved(procs, parts, model, request_files, warm_file, args, out, 
             order = [a, c] if k % 2 else [c, a]
             for part in order:
                 if part is not None:
+                    # vLLM's worker keeps polling for a few seconds after its engine
+                    # went idle; let it settle so it does not slow the next run.
+                    time.sleep(args.settle)
                     part.run(requests_file, k)
     finally:
         for part, key in ((a, "llm_chat"), (c, "vllm_batch")):
@@ -918,6 +924,9 @@ def main():
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--repeat", type=int, default=1, help="timed runs per part, on different prompts (median)")
+    parser.add_argument(
+        "--settle", type=float, default=10, help="seconds of quiet before each timed A or C run (default 10)"
+    )
     parser.add_argument("--warmup-requests", type=int, default=20, help="size of vllm-batch's warm-up batch")
     parser.add_argument("--out", help="output directory (default: a new temporary directory); the model is reused")
     parser.add_argument(
