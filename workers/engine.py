@@ -173,23 +173,7 @@ class Engine:
     # -- generation ---------------------------------------------------------
 
     def _add(self, item):
-        params = _sampling_params(item.sampling)
-        if item.chat is not None:
-            options = item.chat_options
-            (request_id,) = self.llm.enqueue_chat(
-                [item.chat],
-                params,
-                use_tqdm=False,
-                chat_template_kwargs=options.get("chat_template_kwargs"),
-                add_generation_prompt=options.get("add_generation_prompt", True),
-                continue_final_message=options.get("continue_final_message", False),
-                tools=options.get("tools"),
-            )
-        else:
-            prompt = item.prompt
-            if isinstance(prompt, list):
-                prompt = {"prompt_token_ids": prompt}
-            (request_id,) = self.llm.enqueue(prompt, params, use_tqdm=False)
+        (request_id,) = self._enqueue([item])
         # enqueue* return the engine's internal id "<n>-<random>"; outputs carry
         # the external "<n>". Abort takes the internal one.
         return request_id.split("-", 1)[0], request_id
@@ -212,8 +196,6 @@ class Engine:
                 ids = None
             if ids is not None and len(ids) == len(group):
                 for item, request_id in zip(group, ids, strict=True):
-                    # enqueue* return the engine's internal id "<n>-<random>"; outputs
-                    # carry the external "<n>". Abort takes the internal one.
                     yield item, (request_id.split("-", 1)[0], request_id)
                 continue
             for item in group:
