@@ -183,6 +183,16 @@ def embedding_inputs(body):
     raise ParamError("'input' must be a string, a list of strings or token ids.", "input", "invalid_type")
 
 
+def embedding_request(body):
+    """(inputs, dimensions, encoding_format) of an /v1/embeddings body."""
+    inputs = embedding_inputs(body)
+    dimensions = _number(body, "dimensions", lo=1, integer=True)
+    encoding = body.get("encoding_format", "float")
+    if encoding not in ("float", "base64"):
+        raise ParamError("'encoding_format' must be 'float' or 'base64'.", "encoding_format")
+    return inputs, dimensions, encoding
+
+
 def chat_messages(body):
     messages = body["messages"]
     if not isinstance(messages, list) or not messages:

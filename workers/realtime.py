@@ -155,11 +155,7 @@ def stream(engine, kind, body, deadline):
 
 def embed(engine, body, deadline):
     try:
-        inputs = P.embedding_inputs(body)
-        dimensions = P._number(body, "dimensions", lo=1, integer=True)
-        encoding = body.get("encoding_format", "float")
-        if encoding not in ("float", "base64"):
-            raise P.ParamError("'encoding_format' must be 'float' or 'base64'.", "encoding_format")
+        inputs, dimensions, encoding = P.embedding_request(body)
     except P.ParamError as exc:
         raise RealtimeFailure(400, exc.code, exc.message, exc.param) from None
     try:

@@ -298,11 +298,7 @@ def run_embeddings(batch, engine, writer, should_stop):
             body = request["body"]
             custom_id = request["custom_id"]
             try:
-                inputs = P.embedding_inputs(body)
-                dimensions = P._number(body, "dimensions", lo=1, integer=True)
-                encoding = body.get("encoding_format", "float")
-                if encoding not in ("float", "base64"):
-                    raise P.ParamError("'encoding_format' must be 'float' or 'base64'.", "encoding_format")
+                inputs, dimensions, encoding = P.embedding_request(body)
             except P.ParamError as exc:
                 writer.add(
                     line,
