@@ -127,6 +127,8 @@ class Stack:
                 f"127.0.0.1:{self.port}",
                 "-w",
                 str(workers),
+                "--threads",
+                "8",
                 "--timeout",
                 "300",
             ],

@@ -174,6 +174,13 @@ VLLM_BATCH = {
     "WATCHDOG_MINUTES": env_int("VLLM_BATCH_WATCHDOG_MINUTES", 1),
     # Workers write their heartbeat row this often, from a thread.
     "HEARTBEAT_SECONDS": env_float("VLLM_BATCH_HEARTBEAT_SECONDS", 10.0),
+    # Realtime requests: default timeout (s); whether a request for a model no
+    # worker holds makes a worker load it (between a batch's chunks) instead of
+    # getting 503 model_not_loaded; and how long such a model stays loaded after
+    # its last realtime request before batches may swap it out again.
+    "REALTIME_TIMEOUT": env_float("VLLM_BATCH_REALTIME_TIMEOUT", 60.0),
+    "REALTIME_SWAP": env_bool("VLLM_BATCH_REALTIME_SWAP", False),
+    "REALTIME_SWAP_HOLD_SECONDS": env_float("VLLM_BATCH_REALTIME_SWAP_HOLD_SECONDS", 60.0),
 }
 
 # Where `manage.py worker status` checks that the web API answers.

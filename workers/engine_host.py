@@ -1,18 +1,41 @@
 """The one engine a worker process holds, kept between tasks and swapped by model.
 
+Whoever runs requests on the engine holds it through `engine_for` (a batch, or a
+realtime request that may swap models) or `in_use` (a realtime request for
+whatever is loaded). A swap waits until nobody holds the old engine, so a batch
+never loses its engine mid-chunk and a realtime answer is never cut off. A model
+loaded on demand for realtime requests stays loaded while they keep coming:
+batches wait until it has been unused for REALTIME_SWAP_HOLD_SECONDS.
+
 Imports workers.engine (and so vLLM) only when a model is first needed.
 """
 
 import logging
 import multiprocessing.util
 import threading
+import time
+from contextlib import contextmanager
 
 logger = logging.getLogger(__name__)
 
 _engine = None
 _loading = None
 _lock = threading.RLock()
+_changed = threading.Condition(_lock)
+_users = 0
+# Callers waiting to swap or unload: while there are any, a realtime request for
+# the old model is refused rather than allowed to delay them (outside a hold).
+_waiting = 0
+_hold_until = 0.0
 _finalizer_registered = False
+
+
+class EngineBusy(Exception):
+    """The engine stayed in use past the caller's deadline."""
+
+
+class Interrupted(Exception):
+    """The caller asked to stop waiting (the worker is stopping, say)."""
 
 
 def current():
@@ -28,37 +51,156 @@ def loading_model_name():
     return _loading
 
 
+def users():
+    return _users
+
+
+def hold_seconds_left():
+    return max(0.0, _hold_until - time.monotonic())
+
+
+def _hold_seconds():
+    from django.conf import settings
+
+    return settings.VLLM_BATCH["REALTIME_SWAP_HOLD_SECONDS"]
+
+
+def _holds(registered_model, args):
+    return _engine is not None and _engine.name == registered_model.name and _engine.engine_args == args
+
+
+def _release(extend_hold):
+    global _users, _hold_until
+    with _changed:
+        _users -= 1
+        if extend_hold and _hold_until:
+            _hold_until = max(_hold_until, time.monotonic() + _hold_seconds())
+        _changed.notify_all()
+
+
+def _wait_for_turn(registered_model, args, deadline, interrupted, respect_hold):
+    """Waits (holding the lock between waits) until the engine is ours or free to swap."""
+    global _waiting
+    _waiting += 1
+    announced = False
+    try:
+        while not _holds(registered_model, args):
+            held = respect_hold and time.monotonic() < _hold_until
+            if not _users and not held:
+                return
+            if not announced:
+                why = "realtime requests keep it loaded" if held else f"{_users} request(s) still run on it"
+                logger.info("waiting to swap %s for %s: %s", loaded_model_name(), registered_model.name, why)
+                announced = True
+            if interrupted is not None and interrupted():
+                raise Interrupted
+            wait = 1.0
+            if held:
+                wait = min(wait, _hold_until - time.monotonic())
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise EngineBusy(f"the engine stayed busy with {loaded_model_name()}")
+                wait = min(wait, left)
+            _changed.wait(max(wait, 0.01))
+    finally:
+        _waiting -= 1
+
+
+@contextmanager
+def engine_for(registered_model, *, deadline=None, interrupted=None, for_realtime=False):
+    """Holds the engine for `registered_model` while the block runs, loading it
+    (and unloading any other model once nobody holds it) when needed.
+
+    Waits until `deadline` (time.monotonic(); EngineBusy after) and stops waiting
+    when `interrupted()` says so (Interrupted). A model loaded `for_realtime`
+    is kept while realtime requests use it; a batch waits for that hold to end."""
+    global _users, _hold_until
+    with _changed:
+        args = registered_model.engine_args()
+        if not _holds(registered_model, args):
+            _wait_for_turn(registered_model, args, deadline, interrupted, respect_hold=not for_realtime)
+            if not _holds(registered_model, args):
+                _load(registered_model, args)
+                _hold_until = time.monotonic() + _hold_seconds() if for_realtime else 0.0
+        _users += 1
+        engine = _engine
+    try:
+        yield engine
+    finally:
+        _release(extend_hold=for_realtime)
+
+
+@contextmanager
+def in_use(name=None):
+    """Holds the loaded engine while the block runs if it serves `name` (any
+    model when None); yields None when it does not, or is about to be swapped."""
+    global _users
+    with _changed:
+        engine = _engine
+        swapping = _waiting and time.monotonic() >= _hold_until
+        if engine is None or (name and engine.name != name) or swapping:
+            engine = None
+        else:
+            _users += 1
+    try:
+        yield engine
+    finally:
+        if engine is not None:
+            _release(extend_hold=True)
+
+
 def get_engine(registered_model):
-    """Returns the engine for `registered_model`, loading it (and unloading any
-    other model first) when needed."""
+    """Loads `registered_model` if needed and returns its engine, without holding it."""
+    with engine_for(registered_model) as engine:
+        return engine
+
+
+def _load(registered_model, args):
     global _engine, _loading
     from . import state
 
-    with _lock:
-        args = registered_model.engine_args()
-        if _engine is not None and _engine.name == registered_model.name and _engine.engine_args == args:
-            return _engine
-        unload()
-        from .engine import Engine
+    _unload_now()
+    _register_finalizer()
+    _loading = registered_model.name
+    try:
+        with state.loading():
+            _engine = _new_engine(registered_model.name, args)
+    finally:
+        _loading = None
+        _changed.notify_all()
 
-        _register_finalizer()
-        _loading = registered_model.name
+
+def _new_engine(name, args):
+    from .engine import Engine
+
+    return Engine(name, args)
+
+
+def unload(wait=30.0):
+    """Shuts the engine down and frees its memory; the worker stays up. Waits up
+    to `wait` seconds for requests running on it to finish."""
+    global _waiting, _hold_until
+    deadline = time.monotonic() + wait
+    with _changed:
+        _waiting += 1
         try:
-            with state.loading():
-                _engine = Engine(registered_model.name, args)
+            while _users and time.monotonic() < deadline:
+                _changed.wait(min(1.0, max(deadline - time.monotonic(), 0.01)))
         finally:
-            _loading = None
-        return _engine
+            _waiting -= 1
+        if _users:
+            logger.warning("unloading %s with %d request(s) still on it", loaded_model_name(), _users)
+        _hold_until = 0.0
+        _unload_now()
 
 
-def unload():
-    """Shuts the engine down and frees its memory; the worker stays up."""
+def _unload_now():
     global _engine
-    with _lock:
-        engine, _engine = _engine, None
-        if engine is not None:
-            logger.info("unloading model %s", engine.name)
-            engine.shutdown()
+    engine, _engine = _engine, None
+    if engine is not None:
+        logger.info("unloading model %s", engine.name)
+        engine.shutdown()
 
 
 def _register_finalizer():
@@ -67,5 +209,5 @@ def _register_finalizer():
     # explicit shutdown here the worker hangs forever on stop.
     global _finalizer_registered
     if not _finalizer_registered:
-        multiprocessing.util.Finalize(None, unload, exitpriority=100)
+        multiprocessing.util.Finalize(None, unload, kwargs={"wait": 0.0}, exitpriority=100)
         _finalizer_registered = True

@@ -66,7 +66,8 @@ def carry_out(command):
     WorkerCommand.objects.filter(pk=command.pk).update(
         status=WorkerCommand.Status.ACKNOWLEDGED, acknowledged_at=timezone.now()
     )
-    busy = state.get()["state"] in (Worker.State.PROCESSING, Worker.State.LOADING)
+    # A model loading for a realtime request is no batch to hand back: unload waits for the load.
+    busy = state.get()["batch_id"] is not None
     if command.action == WorkerCommand.Action.CLEAR_GPU:
         if busy:
             # The batch loop hands its batch back at the next chunk, then unloads.
@@ -98,16 +99,31 @@ def pending_commands(name):
     return list(WorkerCommand.objects.filter(worker__name=name, status=WorkerCommand.Status.PENDING).order_by("pk"))
 
 
+_running = None
+
+
+def poke():
+    """Writes the heartbeat now, not at the next interval (after a model swap, say)."""
+    if _running is not None:
+        _running.wake_event.set()
+
+
 class HeartbeatThread(threading.Thread):
     def __init__(self, interval=None):
         super().__init__(name="heartbeat", daemon=True)
         self.interval = interval or settings.VLLM_BATCH["HEARTBEAT_SECONDS"]
         self.stop_event = threading.Event()
+        self.wake_event = threading.Event()
         self.name_ = worker_name()
         self.started_at = timezone.now()
 
+    def start(self):
+        global _running
+        _running = self
+        super().start()
+
     def run(self):
-        while True:
+        while not self.stop_event.is_set():
             try:
                 beat(self.name_, self.started_at)
                 for command in pending_commands(self.name_):
@@ -116,8 +132,9 @@ class HeartbeatThread(threading.Thread):
                 logger.exception("heartbeat failed")
             finally:
                 close_old_connections()
-            if self.stop_event.wait(self.interval):
-                return
+            self.wake_event.wait(self.interval)
+            self.wake_event.clear()
 
     def stop(self):
         self.stop_event.set()
+        self.wake_event.set()

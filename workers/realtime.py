@@ -15,9 +15,10 @@ import secrets
 import threading
 import time
 import uuid
+from contextlib import ExitStack, contextmanager, nullcontext
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from . import engine_host, responses
+from . import engine_host, heartbeat, responses, state
 from . import params as P
 from .engine_types import EngineError, GenerateItem
 
@@ -56,11 +57,41 @@ def start():
         logger.info("realtime server on %s", url())
 
 
-def _engine_for(model):
-    engine = engine_host.current()
-    if engine is None or (model and engine.name != model):
-        raise RealtimeFailure(503, "model_not_loaded", f"This worker does not hold the model '{model}'.")
-    return engine
+@contextmanager
+def _engine_for(model, swap, deadline):
+    """Holds the engine serving `model` for the request. With `swap` (the operator
+    allows on-demand swaps) a worker holding another model loads this one: a
+    running batch hands its engine back at its next chunk and waits."""
+    if not (swap and model):
+        with engine_host.in_use(model) as engine:
+            if engine is None:
+                raise RealtimeFailure(503, "model_not_loaded", f"This worker does not hold the model '{model}'.")
+            yield engine
+        return
+    from django.db import close_old_connections
+
+    from .models import RegisteredModel
+
+    try:
+        registered = RegisteredModel.objects.filter(name=model, is_active=True).first()
+    finally:
+        close_old_connections()
+    if registered is None:
+        raise RealtimeFailure(404, "model_not_found", f"The model '{model}' does not exist.", "model")
+    swapping = engine_host.loaded_model_name() != model
+    if swapping:
+        logger.info("realtime request swaps the engine to %s", model)
+    with ExitStack() as stack:
+        with state.swap_wanted() if swapping else nullcontext():
+            try:
+                engine = stack.enter_context(engine_host.engine_for(registered, deadline=deadline, for_realtime=True))
+            except engine_host.EngineBusy:
+                raise RealtimeFailure(
+                    504, "timeout", "The model swap did not happen within the request's timeout."
+                ) from None
+        if swapping:
+            heartbeat.poke()
+        yield engine
 
 
 def _items(kind, body):
@@ -185,15 +216,15 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", "application/x-ndjson")
         self.end_headers()
         try:
-            engine = _engine_for(body.get("model"))
-            if kind == "embeddings":
-                self._line({"done": embed(engine, body, deadline)})
-            elif body.get("stream"):
-                for chunk in stream(engine, kind, body, deadline):
-                    self._line({"chunk": chunk})
-                self._line({"done": None})
-            else:
-                self._line({"done": generate(engine, kind, body, deadline)})
+            with _engine_for(body.get("model"), request.get("swap", False), deadline) as engine:
+                if kind == "embeddings":
+                    self._line({"done": embed(engine, body, deadline)})
+                elif body.get("stream"):
+                    for chunk in stream(engine, kind, body, deadline):
+                        self._line({"chunk": chunk})
+                    self._line({"done": None})
+                else:
+                    self._line({"done": generate(engine, kind, body, deadline)})
         except RealtimeFailure as exc:
             self._line({"error": exc.error})
         except (BrokenPipeError, ConnectionResetError):

@@ -8,10 +8,10 @@ events when the client streams.
 
 import http.client
 import json
-import os
 import time
 from urllib.parse import urlsplit
 
+from django.conf import settings
 from django.http import StreamingHttpResponse
 from drf_spectacular.utils import extend_schema
 from rest_framework.response import Response
@@ -37,17 +37,39 @@ class WorkerFailure(ApiError):
 
 
 def default_timeout():
-    return float(os.environ.get("VLLM_BATCH_REALTIME_TIMEOUT", "60"))
+    return settings.VLLM_BATCH["REALTIME_TIMEOUT"]
+
+
+def swaps_allowed():
+    return settings.VLLM_BATCH["REALTIME_SWAP"]
+
+
+def _online(workers):
+    return worker_filter_freshness(queryset=workers.exclude(realtime_url=""), freshness=Worker.Freshness.ONLINE)
 
 
 def realtime_worker_for(model):
     """An online worker holding `model` (any model when None), idle ones first."""
-    workers = Worker.objects.exclude(realtime_url="").exclude(current_model="")
-    workers = workers.filter(state__in=[Worker.State.IDLE, Worker.State.PROCESSING])
+    workers = Worker.objects.exclude(current_model="").filter(state__in=[Worker.State.IDLE, Worker.State.PROCESSING])
     if model:
         workers = workers.filter(current_model=model)
-    workers = worker_filter_freshness(queryset=workers, freshness=Worker.Freshness.ONLINE)
-    return min(workers, key=lambda w: (w.state != Worker.State.IDLE, -w.last_seen.timestamp()), default=None)
+    return min(_online(workers), key=lambda w: (w.state != Worker.State.IDLE, -w.last_seen.timestamp()), default=None)
+
+
+def swap_worker_for(model):
+    """The online worker best placed to load `model` on demand: one already
+    loading it, else an idle one (an empty one first), else one running a batch."""
+    states = [Worker.State.IDLE, Worker.State.PROCESSING, Worker.State.LOADING]
+    workers = _online(Worker.objects.filter(state__in=states))
+
+    def rank(w):
+        if w.current_model == model:
+            return 0
+        if w.state == Worker.State.IDLE:
+            return 1 if not w.current_model else 2
+        return 3
+
+    return min(workers, key=lambda w: (rank(w), -w.last_seen.timestamp()), default=None)
 
 
 def _timeout(body):
@@ -66,11 +88,11 @@ def _raise_for(error):
 class WorkerCall:
     """One request to a worker's realtime endpoint; iterate for its answer lines."""
 
-    def __init__(self, worker, kind, body, timeout):
+    def __init__(self, worker, kind, body, timeout, swap=False):
         url = urlsplit(worker.realtime_url)
         # The worker enforces the timeout and aborts; the margin only covers the transport.
         self.connection = http.client.HTTPConnection(url.hostname, url.port, timeout=timeout + 10)
-        payload = json.dumps({"kind": kind, "body": body, "timeout": timeout})
+        payload = json.dumps({"kind": kind, "body": body, "timeout": timeout, "swap": swap})
         try:
             self.connection.request(
                 "POST", "/", payload, {TOKEN_HEADER: worker.realtime_token, "Content-Type": "application/json"}
@@ -115,6 +137,9 @@ def call_worker(kind, body):
             )
     timeout = _timeout(body)
     worker = realtime_worker_for(model)
+    swap = worker is None and bool(model) and swaps_allowed()
+    if swap:
+        worker = swap_worker_for(model)
     if worker is None:
         raise ModelNotLoaded(
             f"No worker has the model '{model}' loaded; try again later." if model else "No worker has a model loaded.",
@@ -123,7 +148,7 @@ def call_worker(kind, body):
         )
     if not model:
         body = {**body, "model": worker.current_model}
-    return WorkerCall(worker, kind, body, timeout)
+    return WorkerCall(worker, kind, body, timeout, swap=swap)
 
 
 def answer(kind, body):

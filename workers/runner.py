@@ -385,7 +385,36 @@ def _process_claimed(batch, holder):
             batch_id=batch.pk, code="model_not_found", message=f"The model '{batch.model}' is no longer registered."
         )
         return "failed"
-    engine = engine_host.get_engine(model)
+
+    def wanted_back():
+        # Checked about once a second while the batch waits for the engine.
+        if stop_requested.is_set() or state.operator_handback_requested():
+            return True
+        return Batch.objects.filter(pk=batch.pk, status=Batch.Status.CANCELLING).exists()
+
+    try:
+        with engine_host.engine_for(model, interrupted=wanted_back) as engine:
+            finished, why = _run_on_engine(batch, holder, engine)
+    except engine_host.Interrupted:
+        finished, why = False, "continued"
+    if why == "lost_lease":
+        logger.warning("batch %s was taken over by another worker", batch.pk)
+        return "skipped"
+    if why == "cancelled":
+        return batch_finalize(batch_id=batch.pk, final_status=Batch.Status.CANCELLED, holder=holder)
+    if why == "expired":
+        return batch_finalize(batch_id=batch.pk, final_status=Batch.Status.EXPIRED, holder=holder)
+    if why == "continued" and not finished:
+        release(batch.pk, holder)
+        enqueue_batch(batch.pk)
+        return "continued"
+    return batch_finalize(batch_id=batch.pk, final_status=Batch.Status.COMPLETED, holder=holder)
+
+
+def _run_on_engine(batch, holder, engine):
+    """Runs the batch's pending requests until done or told to stop; returns
+    (finished, why it stopped or None)."""
+    from .lifecycle import stop_requested
 
     writer = ChunkWriter(batch, holder)
     writer.done_lines = set(BatchResult.objects.filter(batch_id=batch.pk).values_list("line", flat=True))
@@ -408,19 +437,7 @@ def _process_claimed(batch, holder):
     finished = runner(batch, engine, writer, should_stop)
     if finished and writer.rows:
         should_stop(writer.flush())
-    why = outcome.get("why")
-    if why == "lost_lease":
-        logger.warning("batch %s was taken over by another worker", batch.pk)
-        return "skipped"
-    if why == "cancelled":
-        return batch_finalize(batch_id=batch.pk, final_status=Batch.Status.CANCELLED, holder=holder)
-    if why == "expired":
-        return batch_finalize(batch_id=batch.pk, final_status=Batch.Status.EXPIRED, holder=holder)
-    if why == "continued" and not finished:
-        release(batch.pk, holder)
-        enqueue_batch(batch.pk)
-        return "continued"
-    return batch_finalize(batch_id=batch.pk, final_status=Batch.Status.COMPLETED, holder=holder)
+    return finished, outcome.get("why")
 
 
 def batch_fail(*, batch_id, code, message):

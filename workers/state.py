@@ -8,6 +8,8 @@ _lock = threading.Lock()
 _state = {"state": Worker.State.STARTING, "batch_id": None}
 # Operator commands waiting for the batch loop to hand its batch back.
 handback = {"clear_gpu": None, "restart": None}
+# Realtime requests waiting for the batch loop to let go of the engine, to swap models.
+_swaps_wanted = 0
 
 
 def get():
@@ -21,8 +23,26 @@ def set_state(state, batch_id=None):
         _state["batch_id"] = batch_id
 
 
-def handback_requested():
+def operator_handback_requested():
     return any(handback.values())
+
+
+def handback_requested():
+    return operator_handback_requested() or _swaps_wanted > 0
+
+
+class swap_wanted:
+    """Asks the batch loop to hand its batch back at the next chunk while the block runs."""
+
+    def __enter__(self):
+        global _swaps_wanted
+        with _lock:
+            _swaps_wanted += 1
+
+    def __exit__(self, *exc):
+        global _swaps_wanted
+        with _lock:
+            _swaps_wanted -= 1
 
 
 class processing:

@@ -1,13 +1,16 @@
 """Realtime inference through the real stack: the web forwards to the worker holding the model."""
 
 import json
+import math
 import time
 
 import httpx
 import openai
 import pytest
 
-from .conftest import chat_request, submit, wait_finished, wait_for
+from batchsite.devstack import Stack
+
+from .conftest import chat_request, read_lines, submit, wait_finished, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -139,24 +142,49 @@ def test_realtime_answers_while_a_long_batch_runs(client):
         wait_finished(client, batch.id)
 
 
-def test_embeddings_once_a_worker_holds_the_pooling_model(stack, client):
-    """Last: swaps the worker to all-MiniLM-L6-v2 with an embeddings batch."""
-    request = {
-        "custom_id": "e",
-        "method": "POST",
-        "url": "/v1/embeddings",
-        "body": {"model": "all-MiniLM-L6-v2", "input": "warm up"},
-    }
-    batch = submit(client, [request], endpoint="/v1/embeddings")
-    assert wait_finished(client, batch.id).status == "completed"
-    deadline = time.monotonic() + 60
+@pytest.fixture(scope="module")
+def swapping_web(stack):
+    """A second web server on the same database, whose operator allows on-demand swaps."""
+    web = Stack(stack.var_dir, env={**stack.env, "VLLM_BATCH_REALTIME_SWAP": "1"}, log_prefix="swap-")
+    web.start_web()
+    yield openai.OpenAI(base_url=web.base_url, api_key=stack.api_key, max_retries=0, timeout=300)
+    web.stop()
+
+
+def cosine(a, b):
+    return sum(x * y for x, y in zip(a, b, strict=True)) / math.sqrt(sum(x * x for x in a) * sum(y * y for y in b))
+
+
+def test_on_demand_swap_happens_between_chunks_and_the_batch_resumes(client, swapping_web):
+    """Last: swaps the worker to all-MiniLM-L6-v2 in the middle of a tiny-llama batch."""
+    requests = [chat_request(f"s{i}", f"story {i}", max_tokens=64, ignore_eos=True) for i in range(1500)]
+    batch = submit(client, requests)
+    wait_for(client, batch.id, lambda b: b.status == "in_progress" and b.request_counts.completed >= 32, 300)
+    with pytest.raises(openai.InternalServerError) as info:
+        client.embeddings.create(model="all-MiniLM-L6-v2", input="swaps are off on this server")
+    assert info.value.body["code"] == "model_not_loaded"
+
+    texts = ["a cat sat on the mat", "a kitten sleeps on the rug", "the stock market fell sharply"]
+    answer = swapping_web.embeddings.create(model="all-MiniLM-L6-v2", input=texts, extra_body={"timeout": 240})
+    cat, kitten, market = (d.embedding for d in answer.data)
+    assert len(cat) == 384
+    assert cosine(cat, kitten) > cosine(cat, market) + 0.1
+    paused = client.batches.retrieve(batch.id)
+    assert paused.status == "in_progress", "the batch finished first: the swap proves nothing"
+    assert 0 < paused.request_counts.completed < len(requests)
+
+    # The swapped-in model now serves any realtime request while it is held.
+    deadline = time.monotonic() + 5
     while True:
         try:
-            answer = client.embeddings.create(model="all-MiniLM-L6-v2", input=["a cat", "a kitten"])
+            client.embeddings.create(model="all-MiniLM-L6-v2", input="held for realtime")
             break
         except openai.InternalServerError:
-            assert time.monotonic() < deadline, "no worker announced all-MiniLM-L6-v2 for realtime"
-            time.sleep(0.5)
-    assert [d.index for d in answer.data] == [0, 1]
-    assert len(answer.data[0].embedding) == 384
-    assert answer.usage.prompt_tokens > 0
+            assert time.monotonic() < deadline, "the heartbeat did not announce the swapped-in model"
+            time.sleep(0.2)
+
+    done = wait_finished(client, batch.id, timeout=600)
+    assert done.status == "completed"
+    assert done.request_counts.completed == len(requests) and done.request_counts.failed == 0
+    ids = [line["custom_id"] for line in read_lines(client, done.output_file_id)]
+    assert sorted(ids) == sorted(r["custom_id"] for r in requests)

@@ -48,5 +48,5 @@ def small_chunks(settings):
 @pytest.fixture
 def engine(monkeypatch):
     stub = EngineStub()
-    monkeypatch.setattr("workers.engine_host.get_engine", stub.get_engine)
+    monkeypatch.setattr("workers.engine_host.engine_for", stub.engine_for)
     return stub

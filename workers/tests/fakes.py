@@ -1,5 +1,7 @@
 """A fake engine with the interface of workers.engine.Engine, for tests without vLLM."""
 
+from contextlib import contextmanager
+
 from jobs.tests.factories import CHAT_MODEL
 from workers.engine_types import Choice, Embedding, Generation
 
@@ -61,15 +63,16 @@ class FakeEngine:
 
 
 class EngineStub:
-    """Replaces workers.engine_host.get_engine: one FakeEngine per model name."""
+    """Replaces workers.engine_host.engine_for: one FakeEngine per model name."""
 
     def __init__(self):
         self.fakes = {}
         self.requested = []
 
-    def get_engine(self, registered_model):
+    @contextmanager
+    def engine_for(self, registered_model, **kwargs):
         self.requested.append(registered_model.name)
-        return self.fake(registered_model.name)
+        yield self.fake(registered_model.name)
 
     def fake(self, name=CHAT_MODEL, **kwargs):
         """The fake serving `name`; keyword arguments replace it with a new FakeEngine."""

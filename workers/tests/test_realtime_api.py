@@ -43,8 +43,8 @@ def worker_says(monkeypatch):
 
     def fake(lines):
         class FakeCall:
-            def __init__(self, worker, kind, body, timeout):
-                sent.append({"worker": worker, "kind": kind, "body": body, "timeout": timeout})
+            def __init__(self, worker, kind, body, timeout, swap=False):
+                sent.append({"worker": worker, "kind": kind, "body": body, "timeout": timeout, "swap": swap})
 
             def __iter__(self):
                 return iter(lines)
@@ -171,10 +171,14 @@ def test_inference_answers_text_usage_and_latency(api, chat_model, worker_says):
 
 
 class FakeEngine:
-    name = CHAT_MODEL
-
-    def __init__(self):
+    def __init__(self, name=CHAT_MODEL, engine_args=None):
+        self.name = name
+        self.engine_args = engine_args
         self.cancelled = []
+        self.shut_down = False
+
+    def shutdown(self):
+        self.shut_down = True
 
     def submit(self, item, stream=False):
         return item
@@ -193,7 +197,10 @@ class FakeEngine:
 @pytest.fixture
 def live_worker(chat_model, monkeypatch):
     engine = FakeEngine()
-    monkeypatch.setattr(realtime.engine_host, "current", lambda: engine)
+    monkeypatch.setattr(realtime.engine_host, "_engine", engine)
+    monkeypatch.setattr(realtime.engine_host, "_hold_until", 0.0)
+    monkeypatch.setattr(realtime.engine_host, "_new_engine", FakeEngine)
+    monkeypatch.setattr(realtime.engine_host, "_register_finalizer", lambda: None)
     realtime.start()
     worker = make_worker(url=realtime.url())
     Worker.objects.filter(pk=worker.pk).update(realtime_token=realtime.token())
@@ -223,3 +230,89 @@ def test_endpoint_the_model_does_not_serve_is_400(api, chat_model, embedding_mod
     response = api.post("/v1/embeddings", {"model": CHAT_MODEL, "input": "x"}, format="json")
     assert response.status_code == 400
     assert response.json()["error"]["code"] == "model_not_supported"
+
+
+# -- on-demand swaps ------------------------------------------------------------
+
+
+@pytest.fixture
+def swaps_allowed(settings):
+    settings.VLLM_BATCH = {**settings.VLLM_BATCH, "REALTIME_SWAP": True}
+
+
+def test_with_swaps_allowed_an_idle_worker_is_asked_to_load_the_model(
+    api, chat_model, embedding_model, worker_says, swaps_allowed
+):
+    make_worker(model="busy-model", state=Worker.State.PROCESSING)
+    idle = make_worker(model=EMBEDDING_MODEL)
+    sent = worker_says([{"done": chat_body()}])
+    assert api.post("/v1/chat/completions", CHAT_BODY, format="json").status_code == 200
+    assert sent[0]["worker"] == idle
+    assert sent[0]["swap"] is True
+
+
+def test_a_worker_already_loading_the_model_gets_the_request(api, chat_model, worker_says, swaps_allowed):
+    make_worker(model="other-model")
+    loading = make_worker(model=CHAT_MODEL, state=Worker.State.LOADING)
+    sent = worker_says([{"done": chat_body()}])
+    assert api.post("/v1/chat/completions", CHAT_BODY, format="json").status_code == 200
+    assert sent[0]["worker"] == loading
+
+
+def test_a_worker_running_a_batch_is_asked_when_no_other_is_online(api, chat_model, worker_says, swaps_allowed):
+    busy = make_worker(model="busy-model", state=Worker.State.PROCESSING)
+    sent = worker_says([{"done": chat_body()}])
+    assert api.post("/v1/chat/completions", CHAT_BODY, format="json").status_code == 200
+    assert sent[0]["worker"] == busy and sent[0]["swap"] is True
+
+
+def test_a_worker_holding_the_model_is_used_without_a_swap(api, chat_model, worker_says, swaps_allowed):
+    make_worker()
+    sent = worker_says([{"done": chat_body()}])
+    assert api.post("/v1/chat/completions", CHAT_BODY, format="json").status_code == 200
+    assert sent[0]["swap"] is False
+
+
+def test_without_a_model_name_nothing_is_swapped_in(api, chat_model, swaps_allowed):
+    body = {k: v for k, v in CHAT_BODY.items() if k != "model"}
+    response = api.post("/v1/chat/completions", body, format="json")
+    assert response.status_code == 503
+    assert response.json()["error"]["code"] == "model_not_loaded"
+
+
+# The worker's thread reads the model registry: no test transaction may lock it.
+@pytest.mark.django_db(transaction=True)
+def test_the_worker_loads_the_model_and_answers(api, live_worker, swaps_allowed):
+    from workers.models import RegisteredModel
+
+    RegisteredModel.objects.create(name="other-llama", path="/nonexistent", runner="generate")
+    response = api.post("/v1/completions", {"model": "other-llama", "prompt": "Hi"}, format="json")
+    assert response.status_code == 200
+    assert response.json()["model"] == "other-llama"
+    assert realtime.engine_host.loaded_model_name() == "other-llama"
+    assert live_worker.shut_down
+    assert realtime.engine_host.hold_seconds_left() > 0
+
+
+# The worker's thread reads the model registry: no test transaction may lock it.
+@pytest.mark.django_db(transaction=True)
+def test_a_swap_that_cannot_happen_in_time_is_504(api, live_worker, swaps_allowed):
+    from workers.models import RegisteredModel
+
+    RegisteredModel.objects.create(name="other-llama", path="/nonexistent", runner="generate")
+    with realtime.engine_host.in_use(CHAT_MODEL):  # a long request keeps the old model busy
+        body = {"model": "other-llama", "prompt": "Hi", "timeout": 0.5}
+        response = api.post("/v1/completions", body, format="json")
+    assert response.status_code == 504
+    assert response.json()["error"]["code"] == "timeout"
+    assert realtime.engine_host.loaded_model_name() == CHAT_MODEL
+
+
+def test_without_the_swap_flag_the_worker_refuses_another_model(api, live_worker):
+    from workers.models import RegisteredModel
+
+    RegisteredModel.objects.create(name="other-llama", path="/nonexistent", runner="generate")
+    Worker.objects.update(current_model="other-llama")  # the web thinks so; the worker knows better
+    response = api.post("/v1/completions", {"model": "other-llama", "prompt": "Hi"}, format="json")
+    assert response.status_code == 503
+    assert realtime.engine_host.loaded_model_name() == CHAT_MODEL

@@ -4,6 +4,7 @@ import base64
 import datetime
 import struct
 from collections import Counter
+from contextlib import contextmanager
 
 import pytest
 from django.core.files.storage import default_storage
@@ -22,6 +23,7 @@ from jobs.tests.factories import (
     read_jsonl,
     save_results,
 )
+from workers import state
 from workers.engine_types import EngineError
 from workers.models import RegisteredModel
 from workers.runner import process_batch, validate_batch
@@ -282,6 +284,44 @@ def test_a_used_up_time_slice_saves_progress_and_queues_the_rest(user, chat_mode
     assert_each_custom_id_once(batch, ids)
     assert sorted(engine.fake().lines) == [1, 2, 3, 4, 5]
     assert len(engine.fake().items) == 5
+
+
+def test_a_realtime_swap_request_makes_the_batch_hand_back_at_the_next_chunk(user, chat_model, engine, monkeypatch):
+    queued = []
+    monkeypatch.setattr("workers.queueing.enqueue_batch", queued.append)
+    ids = ["a", "b", "c", "d", "e"]
+    batch = make_batch(user, [chat_request(i) for i in ids])
+    with state.swap_wanted():
+        assert run(batch) == "continued"
+    assert queued == [batch.pk]
+    assert batch.status == "in_progress" and batch.claimed_by == ""
+    assert BatchResult.objects.filter(batch=batch).count() == 2
+    assert run(batch) == "completed"
+    assert_each_custom_id_once(batch, ids)
+
+
+def test_a_batch_waiting_for_the_engine_is_handed_back_when_cancelled(user, chat_model, monkeypatch):
+    """A model held for realtime requests keeps the batch waiting; a cancel ends the wait."""
+    from workers import engine_host
+
+    queued = []
+    monkeypatch.setattr("workers.queueing.enqueue_batch", queued.append)
+    seen = []
+
+    @contextmanager
+    def engine_for(registered_model, interrupted=None, **kwargs):
+        seen.append(interrupted())
+        Batch.objects.filter(pk=batch.pk).update(status="cancelling", cancelling_at=timezone.now())
+        seen.append(interrupted())
+        raise engine_host.Interrupted
+        yield
+
+    monkeypatch.setattr(engine_host, "engine_for", engine_for)
+    batch = make_batch(user, [chat_request("a")])
+    assert run(batch) == "continued"
+    assert seen == [False, True]
+    assert queued == [batch.pk]
+    assert batch.status == "cancelling" and batch.claimed_by == ""
 
 
 def test_a_batch_another_worker_holds_is_skipped(user, chat_model, engine):

@@ -1,0 +1,161 @@
+"""Holding, swapping and unloading the worker's one engine, with a fake engine class."""
+
+import threading
+import time
+
+import pytest
+
+from jobs.tests.factories import CHAT_MODEL, EMBEDDING_MODEL
+from workers import engine_host
+
+
+class LoadedEngine:
+    def __init__(self, name, args):
+        self.name = name
+        self.engine_args = dict(args)
+        self.shut_down = False
+
+    def shutdown(self):
+        self.shut_down = True
+
+
+@pytest.fixture(autouse=True)
+def fake_engines(monkeypatch, settings):
+    settings.VLLM_BATCH = {**settings.VLLM_BATCH, "REALTIME_SWAP_HOLD_SECONDS": 60.0}
+    loaded = []
+
+    def new_engine(name, args):
+        loaded.append(LoadedEngine(name, args))
+        return loaded[-1]
+
+    monkeypatch.setattr(engine_host, "_new_engine", new_engine)
+    monkeypatch.setattr(engine_host, "_register_finalizer", lambda: None)
+    yield loaded
+    engine_host.unload(wait=0)
+    assert engine_host.users() == 0
+
+
+def take(registered_model, **kwargs):
+    with engine_host.engine_for(registered_model, **kwargs) as engine:
+        return engine
+
+
+def in_thread(target):
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_same_model_is_loaded_once_and_another_swaps_it_out(chat_model, embedding_model, fake_engines):
+    with engine_host.engine_for(chat_model) as first:
+        pass
+    with engine_host.engine_for(chat_model) as again:
+        assert again is first
+    with engine_host.engine_for(embedding_model) as other:
+        assert other.name == EMBEDDING_MODEL
+    assert [e.name for e in fake_engines] == [CHAT_MODEL, EMBEDDING_MODEL]
+    assert first.shut_down and not other.shut_down
+
+
+def test_a_swap_waits_until_the_holder_lets_go(chat_model, embedding_model):
+    released = threading.Event()
+
+    def hold_for_a_while():
+        with engine_host.engine_for(chat_model):
+            released.wait(5)
+
+    holder = in_thread(hold_for_a_while)
+    time.sleep(0.1)
+    with pytest.raises(engine_host.EngineBusy):
+        take(embedding_model, deadline=time.monotonic() + 0.3)
+    assert engine_host.loaded_model_name() == CHAT_MODEL
+    in_thread(lambda: (time.sleep(0.3), released.set()))
+    with engine_host.engine_for(embedding_model, deadline=time.monotonic() + 5) as engine:
+        assert engine.name == EMBEDDING_MODEL
+    holder.join(5)
+
+
+def test_in_use_serves_only_the_loaded_model(chat_model):
+    with engine_host.in_use(CHAT_MODEL) as engine:
+        assert engine is None
+    engine_host.get_engine(chat_model)
+    with engine_host.in_use(CHAT_MODEL) as engine:
+        assert engine.name == CHAT_MODEL
+        assert engine_host.users() == 1
+    with engine_host.in_use(None) as engine:
+        assert engine.name == CHAT_MODEL
+    with engine_host.in_use(EMBEDDING_MODEL) as engine:
+        assert engine is None
+
+
+def test_a_waiting_swap_turns_new_realtime_requests_away(chat_model, embedding_model):
+    engine_host.get_engine(chat_model)
+    running = threading.Event()
+    done = threading.Event()
+
+    def realtime_request():
+        with engine_host.in_use(CHAT_MODEL):
+            running.set()
+            done.wait(5)
+
+    request = in_thread(realtime_request)
+    running.wait(5)
+    swap = in_thread(lambda: engine_host.get_engine(embedding_model))
+    time.sleep(0.3)
+    with engine_host.in_use(CHAT_MODEL) as engine:
+        assert engine is None, "a new request would keep delaying the swap"
+    done.set()
+    swap.join(5)
+    request.join(5)
+    assert engine_host.loaded_model_name() == EMBEDDING_MODEL
+
+
+def test_a_model_loaded_for_realtime_is_kept_while_requests_come(chat_model, embedding_model, settings):
+    settings.VLLM_BATCH = {**settings.VLLM_BATCH, "REALTIME_SWAP_HOLD_SECONDS": 0.5}
+    engine_host.get_engine(chat_model)
+    with engine_host.engine_for(embedding_model, for_realtime=True):
+        pass
+    assert engine_host.hold_seconds_left() > 0
+    # A batch for the other model waits for the hold ...
+    with pytest.raises(engine_host.EngineBusy):
+        take(chat_model, deadline=time.monotonic() + 0.2)
+    # ... which each realtime request extends, even while the batch waits.
+    with engine_host.in_use(EMBEDDING_MODEL) as engine:
+        assert engine is not None
+    started = time.monotonic()
+    with engine_host.engine_for(chat_model, deadline=time.monotonic() + 5) as engine:
+        assert engine.name == CHAT_MODEL
+    assert time.monotonic() - started >= 0.4
+
+
+def test_realtime_swaps_do_not_wait_for_the_hold(chat_model, embedding_model):
+    with engine_host.engine_for(embedding_model, for_realtime=True):
+        pass
+    with engine_host.engine_for(chat_model, for_realtime=True, deadline=time.monotonic() + 1) as engine:
+        assert engine.name == CHAT_MODEL
+
+
+def test_a_waiting_batch_stops_waiting_when_interrupted(chat_model, embedding_model):
+    with engine_host.engine_for(embedding_model, for_realtime=True):
+        pass
+    with pytest.raises(engine_host.Interrupted):
+        take(chat_model, interrupted=lambda: True)
+    assert engine_host.loaded_model_name() == EMBEDDING_MODEL
+
+
+def test_unload_waits_for_running_requests_then_frees_the_engine(chat_model, fake_engines):
+    engine_host.get_engine(chat_model)
+    finished = []
+
+    def realtime_request():
+        with engine_host.in_use(CHAT_MODEL):
+            time.sleep(0.3)
+            finished.append(time.monotonic())
+
+    request = in_thread(realtime_request)
+    time.sleep(0.05)
+    engine_host.unload(wait=5)
+    assert finished and time.monotonic() >= finished[0]
+    assert engine_host.loaded_model_name() is None
+    assert fake_engines[0].shut_down
+    request.join(5)
