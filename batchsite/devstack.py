@@ -16,6 +16,8 @@ from pathlib import Path
 
 import psutil
 
+from workers.processes import kill_all
+
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
 
@@ -40,11 +42,7 @@ def stop_process_tree(proc, timeout=60.0, sig=signal.SIGTERM):
     try:
         proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
-        for p in tree:
-            try:
-                p.kill()
-            except psutil.NoSuchProcess:
-                pass
+        kill_all(tree, timeout=0)
         proc.wait(timeout=30)
     psutil.wait_procs([p for p in tree if p.pid != proc.pid], timeout=30)
     return time.monotonic() - started
@@ -162,13 +160,7 @@ class Stack:
 
     def kill_worker(self):
         """kill -9 of every process of the cluster, as a power cut or OOM killer would."""
-        procs = self.worker_processes()
-        for p in procs:
-            try:
-                p.kill()
-            except psutil.NoSuchProcess:
-                pass
-        psutil.wait_procs(procs, timeout=30)
+        kill_all(self.worker_processes(), timeout=30)
         self.worker.wait(timeout=30)
         self.worker = None
 

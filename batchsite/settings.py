@@ -224,7 +224,9 @@ Q_CLUSTER = {
     "catch_up": False,
     "save_limit": env_int("Q_SAVE_LIMIT", 1000),
     "ack_failures": True,
-    "poll": env_float("Q_POLL", 0.5),
+    # How often the ORM broker looks for new tasks: a batch waits up to this long
+    # before a worker takes it (the Redis broker blocks instead of polling).
+    "poll": env_float("Q_POLL", 0.2),
     "guard_cycle": env_float("Q_GUARD_CYCLE", 0.5),
     "label": "Task queue",
 }

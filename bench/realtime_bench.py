@@ -6,8 +6,10 @@ Times, for the same chat request (max_tokens 16, temperature 0):
   busy    the same, one call after the other, while a 2000-request batch (64 tokens
           each) runs on that worker (p50, p95)
 and the batch's throughput with and without those calls, and prints the ratios.
+Batches with and without calls alternate (--repeat times each); every batch has
+prompts of its own, so none is helped by the prefix cache of an earlier one.
 
-    .venv/bin/python bench/realtime_bench.py [--requests 2000] [--calls 40] [--out /tmp/rt-bench]
+    .venv/bin/python bench/realtime_bench.py [--requests 2000] [--calls 40] [--repeat 3] [--out /tmp/rt-bench]
 """
 
 import argparse
@@ -59,7 +61,7 @@ def call(client):
     return time.monotonic() - started
 
 
-def run_batch(client, n, with_calls=False):
+def run_batch(client, n, with_calls=False, tag="warm"):
     """Seconds from submit to completed, and the realtime call times measured while
     the batch was in progress (calls one after the other, once 32 requests are done)."""
     lines = [
@@ -69,7 +71,7 @@ def run_batch(client, n, with_calls=False):
             "url": "/v1/chat/completions",
             "body": {
                 "model": "tiny-llama",
-                "messages": [{"role": "user", "content": f"story {i}"}],
+                "messages": [{"role": "user", "content": f"{tag}: story {i}"}],
                 "max_tokens": 64,
                 "ignore_eos": True,
             },
@@ -94,6 +96,7 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--calls", type=int, default=40)
+    parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     out = Path(args.out or tempfile.mkdtemp(prefix="rt-bench-"))
@@ -127,8 +130,13 @@ def main():
             except openai.InternalServerError:
                 time.sleep(0.5)
         idle = [call(client) for _ in range(args.calls)]
-        alone, _ = run_batch(client, args.requests)
-        shared, busy = run_batch(client, args.requests, with_calls=True)
+        alone, shared, busy = [], [], []
+        for k in range(args.repeat):
+            order = (False, True) if k % 2 == 0 else (True, False)
+            for with_calls in order:
+                seconds, times = run_batch(client, args.requests, with_calls, tag=f"run {k} {with_calls}")
+                (shared if with_calls else alone).append(args.requests / seconds)
+                busy += times
     finally:
         stack.stop()
 
@@ -138,14 +146,17 @@ def main():
         "busy_p50_ms": 1000 * statistics.median(busy),
         "busy_p95_ms": 1000 * p(busy, 95),
         "busy_calls": len(busy),
-        "batch_rps_alone": args.requests / alone,
-        "batch_rps_with_realtime": args.requests / shared,
+        "batch_rps_alone": statistics.median(alone),
+        "batch_rps_with_realtime": statistics.median(shared),
     }
+    report["idle_target_ms"] = 1.2 * report["direct_p50_ms"] + 50
     report["idle_over_direct"] = report["idle_p50_ms"] / report["direct_p50_ms"]
     report["batch_throughput_drop"] = 1 - report["batch_rps_with_realtime"] / report["batch_rps_alone"]
-    (out / "realtime_bench.json").write_text(json.dumps(report, indent=2))
+    (out / "realtime_bench.json").write_text(json.dumps({**report, "alone": alone, "with_realtime": shared}, indent=2))
     for name, value in report.items():
         print(f"{name:28s} {value:10.3f}")
+    print("batch req/s alone         ", " ".join(f"{x:.1f}" for x in alone))
+    print("batch req/s with realtime ", " ".join(f"{x:.1f}" for x in shared))
 
 
 if __name__ == "__main__":

@@ -231,7 +231,9 @@ class BatchResult(models.Model):
     line = models.IntegerField(help_text="1-based line number in the input file.")
     custom_id = models.CharField(max_length=512)
     is_error = models.BooleanField(default=False)
-    payload = models.JSONField(help_text="The output line, as written to the output or error file.")
+    # Serialized once, when the request finishes: the files are then written from
+    # these strings without decoding and encoding every line again.
+    text = models.TextField(help_text="The output or error file's line for this request: one JSON object.")
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

@@ -38,6 +38,20 @@ from .engine_types import (
 
 logger = logging.getLogger(__name__)
 
+
+def _share_log_files():
+    # vLLM's "vllm" logger keeps its own stdout handler and does not propagate: give
+    # it the worker's log file too, so the log viewer shows the engine's messages.
+    from concurrent_log_handler import ConcurrentRotatingFileHandler
+
+    vllm_logger = logging.getLogger("vllm")
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, ConcurrentRotatingFileHandler) and handler not in vllm_logger.handlers:
+            vllm_logger.addHandler(handler)
+
+
+_share_log_files()
+
 DEFAULT_ENGINE_ARGS = {
     # Compact JSON from structured outputs: without it a weak model can spend
     # max_tokens on whitespace and never close the object.
@@ -205,7 +219,15 @@ class Engine:
                     yield item, exc
 
     def _enqueue(self, group):
-        params = [_sampling_params(item.sampling) for item in group]
+        # Requests of a batch mostly share their parameters: building SamplingParams
+        # once per run of equal ones saves its validation per request. vLLM copies
+        # the parameters per request, so sharing the object is safe.
+        params = []
+        for item in group:
+            if not params or item.sampling != group[len(params) - 1].sampling:
+                params.append(_sampling_params(item.sampling))
+            else:
+                params.append(params[-1])
         first = group[0]
         if first.chat is not None:
             options = first.chat_options

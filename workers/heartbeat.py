@@ -14,6 +14,7 @@ from django.utils import timezone
 
 from . import engine_host, memory, realtime, state
 from .models import Worker, WorkerCommand
+from .processes import kill_all
 
 logger = logging.getLogger(__name__)
 
@@ -50,12 +51,7 @@ def _finish(command, status, result, **extra):
 
 
 def _kill_self():
-    me = psutil.Process()
-    for child in me.children(recursive=True):
-        try:
-            child.kill()
-        except psutil.Error:
-            pass
+    kill_all(psutil.Process().children(recursive=True), timeout=5)
     os.kill(os.getpid(), signal.SIGKILL)
 
 

@@ -175,13 +175,19 @@ class ChunkWriter:
         self.batch = batch
         self.holder = holder
         self.rows = []
+        self.input_tokens = self.output_tokens = 0
         self.last_flush = time.monotonic()
         self.flush_seconds = 2.0
         self.chunk_size = settings.VLLM_BATCH["CHUNK_SIZE"]
 
     def add(self, line, custom_id, payload, is_error):
+        if not is_error:
+            i, o = responses.usage_of(payload["response"]["body"])
+            self.input_tokens += i
+            self.output_tokens += o
+        text = json.dumps(payload, ensure_ascii=False)
         self.rows.append(
-            BatchResult(batch_id=self.batch.pk, line=line, custom_id=custom_id, payload=payload, is_error=is_error)
+            BatchResult(batch_id=self.batch.pk, line=line, custom_id=custom_id, text=text, is_error=is_error)
         )
 
     def due(self):
@@ -192,14 +198,10 @@ class ChunkWriter:
     def flush(self):
         """Saves the chunk; returns the batch's status afterwards (cancel, expiry)."""
         rows, self.rows = self.rows, []
+        input_tokens, output_tokens = self.input_tokens, self.output_tokens
+        self.input_tokens = self.output_tokens = 0
         self.last_flush = time.monotonic()
         failed = sum(1 for r in rows if r.is_error)
-        input_tokens = output_tokens = 0
-        for row in rows:
-            if not row.is_error:
-                i, o = responses.usage_of(row.payload["response"]["body"])
-                input_tokens += i
-                output_tokens += o
         with transaction.atomic():
             BatchResult.objects.bulk_create(rows, ignore_conflicts=True)
             Batch.objects.filter(pk=self.batch.pk).update(
@@ -460,15 +462,15 @@ FINAL_TIMESTAMP = {
 
 
 def _write_file(batch, purpose, lines):
-    """Streams JSON lines into storage; returns the unsaved File, or None if empty.
-    The caller saves it with the batch's final status, so a retried finalize
-    never shows the user two output files."""
+    """Streams lines (serialized JSON objects) into storage; returns the unsaved
+    File, or None if empty. The caller saves it with the batch's final status, so
+    a retried finalize never shows the user two output files."""
     import tempfile
 
     count = 0
     with tempfile.TemporaryFile() as tmp:
-        for payload in lines:
-            tmp.write(json.dumps(payload, ensure_ascii=False).encode("utf-8"))
+        for text in lines:
+            tmp.write(text.encode("utf-8"))
             tmp.write(b"\n")
             count += 1
         if not count:
@@ -484,11 +486,12 @@ def _write_file(batch, purpose, lines):
 
 def _expired_lines(batch, done_lines):
     for _line, request in iter_pending_requests(batch, done_lines):
-        yield responses.batch_error_line(
+        error = responses.batch_error_line(
             request["custom_id"],
             "This request could not be executed before the completion window expired.",
             "batch_expired",
         )
+        yield json.dumps(error, ensure_ascii=False)
 
 
 def batch_finalize(*, batch_id, final_status, holder=None):
@@ -511,9 +514,9 @@ def batch_finalize(*, batch_id, final_status, holder=None):
         output = _write_file(
             batch,
             File.Purpose.BATCH_OUTPUT,
-            (r.payload for r in results.filter(is_error=False).iterator(chunk_size=2000)),
+            results.filter(is_error=False).values_list("text", flat=True).iterator(chunk_size=2000),
         )
-        error_lines = (r.payload for r in results.filter(is_error=True).iterator(chunk_size=2000))
+        error_lines = results.filter(is_error=True).values_list("text", flat=True).iterator(chunk_size=2000)
         expired = 0
         if final_status == Batch.Status.EXPIRED and batch.status != Batch.Status.VALIDATING:
             done = set(results.values_list("line", flat=True))

@@ -43,6 +43,7 @@ def worker_kill(*, worker, requested_by="", wait=None):
     from django.utils import timezone
 
     from .models import WorkerCommand
+    from .processes import kill_all
 
     wait = settings.VLLM_BATCH["HEARTBEAT_SECONDS"] * 1.5 if wait is None else wait
     command = command_create(worker=worker, action=WorkerCommand.Action.KILL, requested_by=requested_by)
@@ -58,12 +59,7 @@ def worker_kill(*, worker, requested_by="", wait=None):
         processes = [*root.children(recursive=True), root] if ours else []
     except psutil.NoSuchProcess:
         processes = []
-    for process in processes:
-        try:
-            process.kill()
-        except psutil.Error:
-            pass
-    psutil.wait_procs(processes, timeout=10)
+    kill_all(processes, timeout=10)
     if processes:
         result = f"no answer within {wait:.0f} s: killed pid {worker.pid} and its children with SIGKILL"
     else:

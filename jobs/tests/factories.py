@@ -107,7 +107,7 @@ def save_results(batch, lines_and_ids, payload=None):
             line=line,
             custom_id=custom_id,
             is_error=False,
-            payload=payload or responses.output_line(custom_id, {"object": "chat.completion", "usage": {}}),
+            text=json.dumps(payload or responses.output_line(custom_id, {"object": "chat.completion", "usage": {}})),
         )
         for line, custom_id in lines_and_ids
     ]

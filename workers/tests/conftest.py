@@ -2,8 +2,8 @@ import sys
 
 import pytest
 
-from jobs.tests.factories import CHAT_MODEL, EMBEDDING_MODEL, make_user
-from workers.models import RegisteredModel
+# The same user and registered models as the jobs tests.
+from jobs.tests.conftest import chat_model, embedding_model, user  # noqa: F401
 
 from .fakes import EngineStub
 
@@ -23,21 +23,6 @@ def no_stop_request():
     stop_requested.clear()
     yield
     stop_requested.clear()
-
-
-@pytest.fixture
-def user(db):
-    return make_user("alice")
-
-
-@pytest.fixture
-def chat_model(db):
-    return RegisteredModel.objects.create(name=CHAT_MODEL, path="/nonexistent", runner="generate")
-
-
-@pytest.fixture
-def embedding_model(db):
-    return RegisteredModel.objects.create(name=EMBEDDING_MODEL, path="/nonexistent", runner="pooling")
 
 
 @pytest.fixture

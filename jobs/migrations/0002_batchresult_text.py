@@ -1,0 +1,40 @@
+import json
+
+from django.db import migrations, models
+
+
+def payload_to_text(apps, schema_editor):
+    """Results of batches still running during the upgrade keep their lines."""
+    BatchResult = apps.get_model("jobs", "BatchResult")
+    for row in BatchResult.objects.all().iterator(chunk_size=2000):
+        row.text = json.dumps(row.payload, ensure_ascii=False)
+        row.save(update_fields=["text"])
+
+
+def text_to_payload(apps, schema_editor):
+    BatchResult = apps.get_model("jobs", "BatchResult")
+    for row in BatchResult.objects.all().iterator(chunk_size=2000):
+        row.payload = json.loads(row.text)
+        row.save(update_fields=["payload"])
+
+
+class Migration(migrations.Migration):
+    dependencies = [
+        ("jobs", "0001_initial"),
+    ]
+
+    operations = [
+        migrations.AddField(
+            model_name="batchresult",
+            name="text",
+            field=models.TextField(
+                default="", help_text="The output or error file's line for this request: one JSON object."
+            ),
+            preserve_default=False,
+        ),
+        migrations.RunPython(payload_to_text, text_to_payload),
+        migrations.RemoveField(
+            model_name="batchresult",
+            name="payload",
+        ),
+    ]
