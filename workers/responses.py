@@ -1,13 +1,14 @@
 """OpenAI response bodies and batch output lines from the engine's plain results."""
 
 import base64
+import os
 import struct
 import time
-import uuid
 
 
 def _hex():
-    return uuid.uuid4().hex
+    # As unique as uuid4().hex, at a fifth of its cost: three per batch request.
+    return os.urandom(16).hex()
 
 
 def _usage(prompt_tokens, completion_tokens):
