@@ -177,9 +177,10 @@ def _new_engine(name, args):
     return Engine(name, args)
 
 
-def unload(wait=30.0):
+def unload(wait=30.0, force=True):
     """Shuts the engine down and frees its memory; the worker stays up. Waits up
-    to `wait` seconds for requests running on it to finish."""
+    to `wait` seconds for requests running on it to finish; then, unless
+    `force`, leaves it loaded. Returns whether nothing is loaded now."""
     global _waiting, _hold_until
     deadline = time.monotonic() + wait
     with _changed:
@@ -190,9 +191,12 @@ def unload(wait=30.0):
         finally:
             _waiting -= 1
         if _users:
+            if not force:
+                return False
             logger.warning("unloading %s with %d request(s) still on it", loaded_model_name(), _users)
         _hold_until = 0.0
         _unload_now()
+        return True
 
 
 def _unload_now():

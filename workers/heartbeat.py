@@ -62,14 +62,14 @@ def carry_out(command):
     WorkerCommand.objects.filter(pk=command.pk).update(
         status=WorkerCommand.Status.ACKNOWLEDGED, acknowledged_at=timezone.now()
     )
-    # A model loading for a realtime request is no batch to hand back: unload waits for the load.
-    busy = state.get()["batch_id"] is not None
     if command.action == WorkerCommand.Action.CLEAR_GPU:
-        if busy:
+        if state.get()["batch_id"] is not None:
             # The batch loop hands its batch back at the next chunk, then unloads.
             state.handback["clear_gpu"] = command.pk
             return
-        clear_gpu(command)
+        # Unloading waits for a model load or realtime requests in progress: not on
+        # this thread, which must keep beating meanwhile.
+        threading.Thread(target=_clear_gpu_now, args=(command,), name="clear-gpu", daemon=True).start()
     elif command.action == WorkerCommand.Action.RESTART:
         model = engine_host.loaded_model_name() or ""
         _finish(command, WorkerCommand.Status.DONE, f"restarting pid {os.getpid()}", reload_model=model)
@@ -81,10 +81,26 @@ def carry_out(command):
         _kill_self()
 
 
+def _clear_gpu_now(command):
+    try:
+        clear_gpu(command)
+    except Exception:
+        logger.exception("clear-gpu failed")
+    finally:
+        close_old_connections()
+
+
 def clear_gpu(command):
     before = memory.snapshot()["memory_used"]
     model = engine_host.loaded_model_name()
-    engine_host.unload()
+    if not engine_host.unload(wait=30.0, force=False):
+        if state.get()["batch_id"] is not None:
+            # A batch took the engine meanwhile: it hands it back at its next chunk.
+            state.handback["clear_gpu"] = command.pk
+            return
+        _finish(command, WorkerCommand.Status.FAILED, f"{model} is still answering realtime requests; try again")
+        state.handback["clear_gpu"] = None
+        return
     after = memory.snapshot()["memory_used"]
     result = f"unloaded {model or 'nothing'}; memory {before / 2**20:.0f} MiB -> {after / 2**20:.0f} MiB"
     _finish(command, WorkerCommand.Status.DONE, result)

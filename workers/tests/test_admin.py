@@ -1,6 +1,5 @@
 import socket
 import subprocess
-from datetime import timedelta
 
 import psutil
 import pytest
@@ -12,6 +11,8 @@ from django.utils import timezone
 from jobs.tests.factories import chat_request, make_batch
 from workers import heartbeat, selectors, services
 from workers.models import RegisteredModel, Worker, WorkerCommand
+
+from . import factories
 
 HEARTBEAT_URL = "/admin/workers/worker/heartbeat.json"
 CHANGELIST_URL = "/admin/workers/worker/"
@@ -29,16 +30,8 @@ def heartbeat_and_short_wait(settings, monkeypatch):
     monkeypatch.setattr("workers.admin.command_wait_seconds", lambda: 0.2)
 
 
-def make_worker(pid=4242, hostname=REMOTE, age=0.0, **fields):
-    now = timezone.now()
-    fields = {
-        "cluster_name": "vllm-batch",
-        "state": Worker.State.IDLE,
-        "started_at": now - timedelta(minutes=5),
-        "last_seen": now - timedelta(seconds=age),
-        **fields,
-    }
-    return Worker.objects.create(name=f"{hostname}:{pid}", hostname=hostname, pid=pid, **fields)
+def make_worker(pid=4242, hostname=REMOTE, **fields):
+    return factories.make_worker(pid=pid, hostname=hostname, **fields)
 
 
 def run_action(client, action, *workers):
@@ -189,7 +182,7 @@ def test_clear_gpu_reports_the_workers_answer(admin_client, monkeypatch):
     worker = make_worker()
 
     def worker_answers(*, command, timeout):
-        heartbeat.carry_out(command)
+        heartbeat.clear_gpu(command)  # what the worker's clear-gpu thread does
         command.refresh_from_db()
         return command
 

@@ -159,3 +159,11 @@ def test_unload_waits_for_running_requests_then_frees_the_engine(chat_model, fak
     assert engine_host.loaded_model_name() is None
     assert fake_engines[0].shut_down
     request.join(5)
+
+
+def test_unload_without_force_leaves_an_engine_in_use_loaded(chat_model):
+    with engine_host.engine_for(chat_model):
+        assert engine_host.unload(wait=0.2, force=False) is False
+        assert engine_host.loaded_model_name() == CHAT_MODEL
+    assert engine_host.unload(wait=0.2, force=False) is True
+    assert engine_host.loaded_model_name() is None

@@ -3,27 +3,14 @@ exercised in tests/e2e/test_worker_control.py."""
 
 import io
 import json
-from datetime import timedelta
 
 import pytest
 from django.core.management import CommandError, call_command
-from django.utils import timezone
 
 from workers import logs
-from workers.models import Worker, WorkerCommand
+from workers.models import WorkerCommand
 
-
-def make_worker(**fields):
-    now = timezone.now()
-    return Worker.objects.create(
-        name="elsewhere:42",
-        hostname="elsewhere",
-        pid=42,
-        state=fields.pop("state", Worker.State.IDLE),
-        started_at=now - timedelta(minutes=1),
-        last_seen=fields.pop("last_seen", now),
-        **fields,
-    )
+from .factories import make_worker
 
 
 def run(*args):
@@ -48,7 +35,7 @@ def test_status_json_lists_an_online_worker_and_exits_0(db):
 
 
 def test_status_text_shows_a_stale_worker_and_exits_1(db):
-    make_worker(last_seen=timezone.now() - timedelta(seconds=35))
+    make_worker(age=35)
     out = io.StringIO()
     with pytest.raises(SystemExit):
         call_command("worker", "status", "--api-url", "http://127.0.0.1:9/v1", stdout=out)

@@ -1,0 +1,95 @@
+"""Commands carried out by the worker's heartbeat thread, with a fake engine."""
+
+import time
+
+import pytest
+
+from workers import engine_host, heartbeat, state
+from workers.models import WorkerCommand
+
+from .factories import make_worker
+
+
+class LoadedEngine:
+    def __init__(self, name, args):
+        self.name = name
+        self.engine_args = dict(args)
+
+    def shutdown(self):
+        pass
+
+
+@pytest.fixture(autouse=True)
+def fake_engine(monkeypatch):
+    monkeypatch.setattr(engine_host, "_new_engine", LoadedEngine)
+    monkeypatch.setattr(engine_host, "_register_finalizer", lambda: None)
+    monkeypatch.setitem(state.handback, "clear_gpu", None)
+    unload = engine_host.unload
+    yield
+    unload(wait=0)
+
+
+def clear_gpu_command():
+    return WorkerCommand.objects.create(worker=make_worker(), action=WorkerCommand.Action.CLEAR_GPU)
+
+
+def wait_finished(command, timeout=5):
+    deadline = time.monotonic() + timeout
+    while not command.is_finished and time.monotonic() < deadline:
+        time.sleep(0.05)
+        command.refresh_from_db()
+    return command
+
+
+@pytest.mark.django_db(transaction=True)
+def test_clear_gpu_unloads_off_the_heartbeat_thread(chat_model):
+    engine_host.get_engine(chat_model)
+    command = clear_gpu_command()
+    started = time.monotonic()
+    heartbeat.carry_out(command)
+    assert time.monotonic() - started < 0.5, "the heartbeat thread must not wait for the unload"
+    command = wait_finished(command)
+    assert command.status == WorkerCommand.Status.DONE
+    assert command.result.startswith(f"unloaded {chat_model.name}")
+    assert engine_host.loaded_model_name() is None
+
+
+def test_clear_gpu_of_an_engine_a_batch_took_meanwhile_waits_for_the_handback(chat_model, monkeypatch):
+    monkeypatch.setattr(engine_host, "unload", lambda wait, force: False)
+    monkeypatch.setattr(state, "get", lambda: {"state": "processing", "batch_id": "batch_x"})
+    command = clear_gpu_command()
+    heartbeat.clear_gpu(command)
+    assert state.handback["clear_gpu"] == command.pk
+    command.refresh_from_db()
+    assert not command.is_finished
+
+
+def test_clear_gpu_while_realtime_requests_keep_running_fails_with_a_reason(chat_model, monkeypatch):
+    engine_host.get_engine(chat_model)
+    monkeypatch.setattr(engine_host, "unload", lambda wait, force: False)
+    command = clear_gpu_command()
+    heartbeat.clear_gpu(command)
+    command.refresh_from_db()
+    assert command.status == WorkerCommand.Status.FAILED
+    assert "realtime requests" in command.result
+    assert engine_host.loaded_model_name() == chat_model.name
+
+
+def test_poke_wakes_the_heartbeat_before_its_interval(monkeypatch):
+    beats = []
+    monkeypatch.setattr(heartbeat, "beat", lambda name, started_at: beats.append(time.monotonic()))
+    monkeypatch.setattr(heartbeat, "pending_commands", lambda name: [])
+    thread = heartbeat.HeartbeatThread(interval=60)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 5
+        while not beats and time.monotonic() < deadline:
+            time.sleep(0.01)
+        heartbeat.poke()
+        while len(beats) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(beats) == 2
+    finally:
+        thread.stop()
+        thread.join(5)
+    assert not thread.is_alive()
