@@ -572,3 +572,13 @@ def test_a_large_embeddings_batch_is_embedded_chunk_by_chunk(user, embedding_mod
     assert run(batch) == "completed"
     assert [call[0] for call in engine.fake("tiny-embed").embed_calls] == [["e0", "e1"], ["e2", "e3"], ["e4"]]
     assert_each_custom_id_once(batch, ids)
+
+
+def test_a_result_saved_twice_keeps_the_first_line(user, chat_model):
+    from workers.runner import _insert_results
+
+    batch = make_batch(user, [chat_request("a")])
+    _insert_results(batch.pk, [(1, "a", False, '{"first": true}')])
+    _insert_results(batch.pk, [(1, "a", True, '{"second": true}'), (2, "b", False, '{"b": 1}')])
+    rows = list(BatchResult.objects.filter(batch=batch).order_by("line").values_list("line", "is_error", "text"))
+    assert rows == [(1, False, '{"first": true}'), (2, False, '{"b": 1}')]
