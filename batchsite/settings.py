@@ -174,6 +174,9 @@ VLLM_BATCH = {
     "WATCHDOG_MINUTES": env_int("VLLM_BATCH_WATCHDOG_MINUTES", 1),
     # Workers write their heartbeat row this often, from a thread.
     "HEARTBEAT_SECONDS": env_float("VLLM_BATCH_HEARTBEAT_SECONDS", 10.0),
+    # A batch under which the engine's process dies is resumed on a new engine;
+    # after this many deaths its remaining requests end as errors.
+    "MAX_ENGINE_FAILURES": env_int("VLLM_BATCH_MAX_ENGINE_FAILURES", 3),
     # Realtime requests: default timeout (s); whether a request for a model no
     # worker holds makes a worker load it (between a batch's chunks) instead of
     # getting 503 model_not_loaded; and how long such a model stays loaded after

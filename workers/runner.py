@@ -26,7 +26,7 @@ from jobs.validation import iter_request_lines, validate_input
 
 from . import params as P
 from . import responses, state
-from .engine_types import EngineError, GenerateItem
+from .engine_types import EngineDead, EngineError, GenerateItem
 from .logs import batch_context
 from .models import RegisteredModel
 
@@ -416,6 +416,8 @@ def _process_claimed(batch, holder):
             finished, why = _run_on_engine(batch, holder, engine)
     except engine_host.Interrupted:
         finished, why = False, "continued"
+    except EngineDead as exc:
+        return _after_engine_death(batch, holder, exc)
     if why == "lost_lease":
         logger.warning("batch %s was taken over by another worker", batch.pk)
         return "skipped"
@@ -453,10 +455,35 @@ def _run_on_engine(batch, holder, engine):
         return bool(outcome)
 
     runner = run_embeddings if batch.endpoint == Batch.Endpoint.EMBEDDINGS else run_generation
-    finished = runner(batch, engine, writer, should_stop)
+    try:
+        finished = runner(batch, engine, writer, should_stop)
+    except EngineDead:
+        if writer.rows:
+            writer.flush()  # what finished before the engine died is kept
+        raise
     if finished and writer.rows:
         should_stop(writer.flush())
     return finished, outcome.get("why")
+
+
+def _after_engine_death(batch, holder, exc):
+    """The engine's process died under the batch: the batch goes back on the queue
+    (the next attempt loads a new engine and resumes), until it has killed the
+    engine MAX_ENGINE_FAILURES times; then the requests not run yet end as errors."""
+    from .queueing import enqueue_batch
+
+    Batch.objects.filter(pk=batch.pk).update(engine_failures=F("engine_failures") + 1)
+    failures = Batch.objects.values_list("engine_failures", flat=True).get(pk=batch.pk)
+    limit = settings.VLLM_BATCH["MAX_ENGINE_FAILURES"]
+    logger.error("the engine died running batch %s (failure %d of %d): %s", batch.pk, failures, limit, exc)
+    if failures < limit:
+        release(batch.pk, holder)
+        enqueue_batch(batch.pk)
+        return "continued"
+    message = f"The engine failed {failures} times while running this batch; this request was not run. Last: {exc}"
+    return batch_finalize(
+        batch_id=batch.pk, final_status=Batch.Status.COMPLETED, holder=holder, unfinished=("engine_error", message)
+    )
 
 
 def batch_fail(*, batch_id, code, message):
@@ -501,22 +528,24 @@ def _write_file(batch, purpose, lines):
         return file
 
 
-def _expired_lines(batch, done_lines):
+EXPIRED_REQUEST = ("batch_expired", "This request could not be executed before the completion window expired.")
+
+
+def _unfinished_lines(batch, done_lines, code, message):
     for _line, request in iter_pending_requests(batch, done_lines):
-        error = responses.batch_error_line(
-            request["custom_id"],
-            "This request could not be executed before the completion window expired.",
-            "batch_expired",
-        )
-        yield json.dumps(error, ensure_ascii=False)
+        yield json.dumps(responses.batch_error_line(request["custom_id"], message, code), ensure_ascii=False)
 
 
-def batch_finalize(*, batch_id, final_status, holder=None):
+def batch_finalize(*, batch_id, final_status, holder=None, unfinished=None):
     """Writes the output and error files from the saved results and ends the batch.
 
-    Without `holder` the caller must first take the lease (the API does this to
-    cancel a batch no worker holds); if a live worker holds it, the worker ends
-    the batch instead and this returns "skipped"."""
+    Requests without a result go to the error file as `unfinished` = (code,
+    message) when given (always for an expired batch). Without `holder` the
+    caller must first take the lease (the API does this to cancel a batch no
+    worker holds); if a live worker holds it, the worker ends the batch instead
+    and this returns "skipped"."""
+    if final_status == Batch.Status.EXPIRED:
+        unfinished = EXPIRED_REQUEST
     own_lease = holder is None
     holder = holder or f"finalizer:{worker_name()}"
     batch = claim(batch_id, holder)
@@ -534,16 +563,16 @@ def batch_finalize(*, batch_id, final_status, holder=None):
             results.filter(is_error=False).values_list("text", flat=True).iterator(chunk_size=2000),
         )
         error_lines = results.filter(is_error=True).values_list("text", flat=True).iterator(chunk_size=2000)
-        expired = 0
-        if final_status == Batch.Status.EXPIRED and batch.status != Batch.Status.VALIDATING:
+        not_run = 0
+        if unfinished and batch.status != Batch.Status.VALIDATING:
             done = set(results.values_list("line", flat=True))
-            expired = batch.total_requests - len(done)
+            not_run = batch.total_requests - len(done)
 
-            def with_expired():
+            def with_unfinished():
                 yield from error_lines
-                yield from _expired_lines(batch, done)
+                yield from _unfinished_lines(batch, done, *unfinished)
 
-            errors = _write_file(batch, File.Purpose.BATCH_ERROR, with_expired())
+            errors = _write_file(batch, File.Purpose.BATCH_ERROR, with_unfinished())
         else:
             errors = _write_file(batch, File.Purpose.BATCH_ERROR, error_lines)
         with transaction.atomic():
@@ -555,7 +584,7 @@ def batch_finalize(*, batch_id, final_status, holder=None):
                 status=final_status,
                 output_file=output,
                 error_file=errors,
-                failed_requests=F("failed_requests") + max(expired, 0),
+                failed_requests=F("failed_requests") + max(not_run, 0),
                 claimed_by="",
                 heartbeat_at=None,
                 updated_at=now,

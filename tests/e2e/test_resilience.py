@@ -33,6 +33,25 @@ def test_cancel_keeps_finished_results(client):
     assert len({o["custom_id"] for o in outputs}) == len(outputs)
 
 
+def test_engine_process_killed_mid_batch_is_replaced_and_the_batch_completes(client, stack):
+    """kill -9 of vLLM's EngineCore only (as the OOM killer would): the worker
+    notices, keeps what finished, loads a new engine and resumes the batch."""
+    n = 2500
+    batch = long_batch(client, n)
+    wait_for(client, batch.id, lambda b: b.request_counts.completed >= 48, timeout=300)
+    [engine_core] = [p for p in stack.worker_processes() if p.cmdline()[:1] == ["VLLM::EngineCore"]]
+    worker = engine_core.parent()
+    engine_core.kill()
+
+    batch = wait_finished(client, batch.id, timeout=400)
+    assert batch.status == "completed"
+    assert (batch.request_counts.completed, batch.request_counts.failed) == (n, 0)
+    ids = [o["custom_id"] for o in read_lines(client, batch.output_file_id)]
+    assert sorted(ids) == sorted(f"r{i}" for i in range(n))
+    assert worker.is_running(), "the worker process itself stays up"
+    assert not engine_core.is_running()
+
+
 def test_kill_9_mid_batch_then_restart_completes_every_request_once(client, stack):
     n = 2500
     batch = long_batch(client, n)

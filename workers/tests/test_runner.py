@@ -24,7 +24,7 @@ from jobs.tests.factories import (
     save_results,
 )
 from workers import state
-from workers.engine_types import EngineError
+from workers.engine_types import EngineDead, EngineError
 from workers.models import RegisteredModel
 from workers.runner import process_batch, validate_batch
 
@@ -582,3 +582,50 @@ def test_a_result_saved_twice_keeps_the_first_line(user, chat_model):
     _insert_results(batch.pk, [(1, "a", True, '{"second": true}'), (2, "b", False, '{"b": 1}')])
     rows = list(BatchResult.objects.filter(batch=batch).order_by("line").values_list("line", "is_error", "text"))
     assert rows == [(1, False, '{"first": true}'), (2, False, '{"b": 1}')]
+
+
+# -- the engine's process dies ---------------------------------------------------
+
+
+def dies_after(pulled_limit):
+    def before_result(pulled):
+        if pulled > pulled_limit:
+            raise EngineDead("EngineCore encountered an issue")
+
+    return before_result
+
+
+def test_a_dead_engine_hands_the_batch_back_keeping_what_finished(user, chat_model, engine, monkeypatch):
+    queued = []
+    monkeypatch.setattr("workers.queueing.enqueue_batch", queued.append)
+    engine.fake(before_result=dies_after(3))
+    ids = ["a", "b", "c", "d", "e"]
+    batch = make_batch(user, [chat_request(i) for i in ids])
+
+    assert run(batch) == "continued"
+    assert queued == [batch.pk]
+    assert batch.engine_failures == 1
+    assert batch.status == "in_progress" and batch.claimed_by == ""
+    assert BatchResult.objects.filter(batch=batch).count() == 3
+
+    engine.fake(before_result=None)  # the next attempt gets a new engine
+    assert run(batch) == "completed"
+    assert_each_custom_id_once(batch, ids)
+    assert batch.failed_requests == 0
+
+
+def test_a_batch_that_keeps_killing_the_engine_ends_with_the_rest_as_errors(user, chat_model, engine, settings):
+    settings.VLLM_BATCH = {**settings.VLLM_BATCH, "MAX_ENGINE_FAILURES": 2}
+    ids = ["a", "b", "c", "d", "e"]
+    batch = make_batch(user, [chat_request(i) for i in ids])
+    Batch.objects.filter(pk=batch.pk).update(engine_failures=1)
+    engine.fake(before_result=dies_after(2))
+
+    assert run(batch) == "completed"
+    assert batch.engine_failures == 2
+    assert (batch.completed_requests, batch.failed_requests) == (2, 3)
+    output, errors = output_and_errors(batch)
+    assert custom_ids(output) == ["a", "b"]
+    assert custom_ids(errors) == ["c", "d", "e"]
+    assert {e["error"]["code"] for e in errors} == {"engine_error"}
+    assert "failed 2 times" in errors[0]["error"]["message"]
