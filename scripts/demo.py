@@ -94,6 +94,11 @@ def main():
         if batch.status != "completed":
             print(f"    errors: {batch.errors}")
             raise SystemExit(1)
+        if batch.error_file_id:
+            errors = client.files.content(batch.error_file_id).text.splitlines()
+            print(f"    error file {batch.error_file_id}: {len(errors)} lines; the first: {errors[0]}")
+        if batch.request_counts.failed:
+            raise SystemExit(f"{batch.request_counts.failed} requests failed; logs in {stack.var_dir / 'logs'}")
         lines = client.files.content(batch.output_file_id).text.splitlines()
         print(f"    output file {batch.output_file_id}: {len(lines)} lines; the first three:")
         for raw in lines[:3]:
