@@ -217,22 +217,27 @@ class RealtimeView(APIView):
         return body
 
 
-class ChatCompletionsView(RealtimeView):
-    @extend_schema(request=None, responses=None, operation_id="chat_completions_create")
+class GenerationView(RealtimeView):
+    """Chat or text completions, streamed when the body asks for it."""
+
+    kind = None
+    required = None
+
     def post(self, request):
-        body = self.body(request, ["messages"])
+        body = self.body(request, [self.required])
         if body.get("stream"):
-            return streamed("chat", body)
-        return Response(answer("chat", body))
+            return streamed(self.kind, body)
+        return Response(answer(self.kind, body))
 
 
-class CompletionsView(RealtimeView):
-    @extend_schema(request=None, responses=None, operation_id="completions_create")
-    def post(self, request):
-        body = self.body(request, ["prompt"])
-        if body.get("stream"):
-            return streamed("completions", body)
-        return Response(answer("completions", body))
+@extend_schema(request=None, responses=None, operation_id="chat_completions_create")
+class ChatCompletionsView(GenerationView):
+    kind, required = "chat", "messages"
+
+
+@extend_schema(request=None, responses=None, operation_id="completions_create")
+class CompletionsView(GenerationView):
+    kind, required = "completions", "prompt"
 
 
 class EmbeddingsView(RealtimeView):
