@@ -55,6 +55,7 @@ def status_report(api_url):
                 "model": worker.current_model or None,
                 "batch": worker.current_batch_id,
                 "batch_progress": round(batch.progress, 4) if batch else None,
+                "last_seen": worker.last_seen.isoformat(),
                 "last_seen_seconds_ago": int((now - worker.last_seen).total_seconds()),
                 "memory_kind": worker.memory_kind,
                 "memory_used": worker.memory_used,

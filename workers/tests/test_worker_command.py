@@ -3,6 +3,7 @@ exercised in tests/e2e/test_worker_control.py."""
 
 import io
 import json
+from datetime import datetime
 
 import pytest
 from django.core.management import CommandError, call_command
@@ -26,11 +27,12 @@ def test_status_exits_1_when_no_worker_is_online(db):
 
 
 def test_status_json_lists_an_online_worker_and_exits_0(db):
-    make_worker(current_model="tiny-llama")
+    saved = make_worker(current_model="tiny-llama")
     report = json.loads(run("status", "--json", "--api-url", "http://127.0.0.1:9/v1"))
     assert report["online"] == 1
     [worker] = report["workers"]
     assert (worker["name"], worker["freshness"], worker["model"]) == ("elsewhere:42", "online", "tiny-llama")
+    assert datetime.fromisoformat(worker["last_seen"]) == saved.last_seen
     assert report["api"]["answers"] is False
 
 
