@@ -161,9 +161,11 @@ def read_ids(path):
 def check_output(path_or_bytes, expected_ids):
     """Checks a batch output JSONL: one line per custom_id, each a 200 response."""
     if isinstance(path_or_bytes, (bytes, bytearray)):
-        lines = path_or_bytes.decode("utf-8").splitlines()
+        text = path_or_bytes.decode("utf-8")
     else:
-        lines = Path(path_or_bytes).read_text().splitlines()
+        text = Path(path_or_bytes).read_text()
+    # JSONL lines end at "\n" only: splitlines() would also break inside strings holding U+2028.
+    lines = text.split("\n")
     lines = [line for line in lines if line.strip()]
     seen = {}
     bad = 0

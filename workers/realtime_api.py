@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.http import StreamingHttpResponse
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import extend_schema, extend_schema_view
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
@@ -230,12 +230,12 @@ class GenerationView(RealtimeView):
         return Response(answer(self.kind, body))
 
 
-@extend_schema(request=None, responses=None, operation_id="chat_completions_create")
+@extend_schema_view(post=extend_schema(request=None, responses=None, operation_id="chat_completions_create"))
 class ChatCompletionsView(GenerationView):
     kind, required = "chat", "messages"
 
 
-@extend_schema(request=None, responses=None, operation_id="completions_create")
+@extend_schema_view(post=extend_schema(request=None, responses=None, operation_id="completions_create"))
 class CompletionsView(GenerationView):
     kind, required = "completions", "prompt"
 

@@ -21,6 +21,7 @@ from django.db import close_old_connections, connection, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
+from jobs.jsonl import dumps_line
 from jobs.models import Batch, BatchResult, File
 from jobs.validation import iter_request_lines, validate_input
 
@@ -185,7 +186,7 @@ class ChunkWriter:
             i, o = responses.usage_of(payload["response"]["body"])
             self.input_tokens += i
             self.output_tokens += o
-        self.rows.append((line, custom_id, is_error, json.dumps(payload, ensure_ascii=False)))
+        self.rows.append((line, custom_id, is_error, dumps_line(payload)))
 
     def due(self):
         return len(self.rows) >= self.chunk_size or (
@@ -533,7 +534,7 @@ EXPIRED_REQUEST = ("batch_expired", "This request could not be executed before t
 
 def _unfinished_lines(batch, done_lines, code, message):
     for _line, request in iter_pending_requests(batch, done_lines):
-        yield json.dumps(responses.batch_error_line(request["custom_id"], message, code), ensure_ascii=False)
+        yield dumps_line(responses.batch_error_line(request["custom_id"], message, code))
 
 
 def batch_finalize(*, batch_id, final_status, holder=None, unfinished=None):

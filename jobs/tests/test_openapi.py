@@ -26,3 +26,21 @@ def test_openapi_json_is_json(db):
     response = APIClient().get("/v1/openapi.json")
     assert response["Content-Type"].startswith("application/json") or "json" in response["Content-Type"]
     assert response.json()["openapi"].startswith("3.")
+
+
+def test_schema_generates_without_warnings_and_validates(db, tmp_path):
+    from django.core.management import call_command
+
+    target = tmp_path / "schema.yml"
+    call_command("spectacular", "--validate", "--fail-on-warn", "--file", str(target))
+
+    import yaml
+
+    schema = yaml.safe_load(target.read_text())
+    assert schema["components"]["securitySchemes"]["ApiKeyAuth"] == {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "An API key from `manage.py create_api_key`, as `Authorization: Bearer <key>`.",
+    }
+    for path in ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/inference"):
+        assert "post" in schema["paths"][path], path

@@ -2,6 +2,7 @@
 
 import base64
 import datetime
+import json
 import struct
 from collections import Counter
 from contextlib import contextmanager
@@ -24,7 +25,7 @@ from jobs.tests.factories import (
     save_results,
 )
 from workers import state
-from workers.engine_types import EngineDead, EngineError
+from workers.engine_types import Choice, EngineDead, EngineError, Generation
 from workers.models import RegisteredModel
 from workers.runner import process_batch, validate_batch
 
@@ -170,6 +171,22 @@ def test_completions_with_several_prompts_answer_in_one_line(user, chat_model, e
     assert [(c["index"], c["text"]) for c in body["choices"]] == [(0, "re: first"), (1, "re: second")]
     assert body["usage"] == {"prompt_tokens": 2, "completion_tokens": 4, "total_tokens": 6}
     assert batch.completed_requests == 2
+
+
+def test_output_keeps_one_line_per_request_when_the_text_holds_unicode_line_breaks(user, chat_model, engine):
+    """A model can emit U+2028, U+2029 or U+0085; str.splitlines() must still see one line each."""
+    breaks = "a\u2028b\u2029c\x85d \u00e9\u4e2d"
+    choice = Choice(text=breaks, completion_tokens=3, finish_reason="stop")
+    engine.fake(respond=lambda item: Generation(prompt_tokens=1, choices=[choice]))
+    batch = make_batch(user, [chat_request("a"), chat_request("b")])
+    run(batch)
+    file = File.objects.get(pk=batch.output_file_id)
+    with default_storage.open(file.storage_name, "rb") as stream:
+        text = stream.read().decode()
+    lines = text.splitlines()
+    assert len(lines) == 2
+    assert [json.loads(line)["response"]["body"]["choices"][0]["message"]["content"] for line in lines] == [breaks] * 2
+    assert "\u00e9\u4e2d" in text and "\\u00e9" not in text  # other text stays readable UTF-8
 
 
 # -- requests that fail on their own ------------------------------------------
