@@ -2,12 +2,15 @@ import json
 
 from django.db import migrations, models
 
+# As jobs.jsonl.dumps_line at the time of writing (a migration keeps its own copy).
+_LINE_BREAKS = str.maketrans({"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"})
+
 
 def payload_to_text(apps, schema_editor):
     """Results of batches still running during the upgrade keep their lines."""
     BatchResult = apps.get_model("jobs", "BatchResult")
     for row in BatchResult.objects.all().iterator(chunk_size=2000):
-        row.text = json.dumps(row.payload, ensure_ascii=False)
+        row.text = json.dumps(row.payload, ensure_ascii=False).translate(_LINE_BREAKS)
         row.save(update_fields=["text"])
 
 

@@ -32,9 +32,12 @@ def test_saved_results_become_their_output_lines():
         completion_window="24h",
         expires_at="2030-01-01T00:00:00Z",
     )
-    payload = {"id": "batch_req_1", "custom_id": "ä-1", "response": {"status_code": 200}, "error": None}
+    response = {"status_code": 200, "t": "a\u2028b"}
+    payload = {"id": "batch_req_1", "custom_id": "ä-1", "response": response, "error": None}
     BatchResult.objects.create(batch=batch, line=1, custom_id="ä-1", payload=payload)
 
     new = migrate(AFTER)
     row = new.get_model("jobs", "BatchResult").objects.get(batch_id="batch_upgrade")
-    assert row.text == '{"id": "batch_req_1", "custom_id": "ä-1", "response": {"status_code": 200}, "error": null}'
+    assert row.text == (
+        '{"id": "batch_req_1", "custom_id": "ä-1", "response": {"status_code": 200, "t": "a\\u2028b"}, "error": null}'
+    )
