@@ -208,6 +208,7 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "OpenAI-compatible Files and Batches API served by vLLM workers.",
     "VERSION": "0.1.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    "POSTPROCESSING_HOOKS": ["drf_spectacular.hooks.postprocess_schema_enums", "jobs.schema.add_error_responses"],
 }
 
 REDIS_URL = env_str("REDIS_URL", "")

@@ -1,6 +1,40 @@
-"""How the OpenAPI schema describes the API key (drf-spectacular extension)."""
+"""What drf-spectacular needs beyond the views: the API key's description and
+the error responses every operation can give, in OpenAI's envelope."""
+
+import re
 
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
+
+ERROR_SCHEMA = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["message", "type", "param", "code"],
+            "properties": {
+                "message": {"type": "string"},
+                "type": {"type": "string", "example": "invalid_request_error"},
+                "param": {"type": "string", "nullable": True},
+                "code": {"type": "string", "nullable": True},
+            },
+        }
+    },
+}
+
+ERROR_DESCRIPTIONS = {
+    "400": "The request is invalid: see `error.param` and `error.code`.",
+    "401": "No API key, or an unknown one (`invalid_api_key`).",
+    "404": "No such object for this key's owner.",
+    "409": "The object's state does not allow this (e.g. a file that feeds a running batch).",
+    "413": "The upload or body is larger than the server accepts.",
+    "415": "The body's content type is not accepted.",
+    "502": "The worker failed during the request (`engine_error`).",
+    "503": "No online worker holds the model (`model_not_loaded`); see `Retry-After`.",
+    "504": "The worker did not answer within the request's timeout (`timeout`); the request is aborted.",
+}
+
+REALTIME_PATHS = {"/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/inference"}
 
 
 class ApiKeyScheme(OpenApiAuthenticationExtension):
@@ -13,3 +47,33 @@ class ApiKeyScheme(OpenApiAuthenticationExtension):
             "scheme": "bearer",
             "description": "An API key from `manage.py create_api_key`, as `Authorization: Bearer <key>`.",
         }
+
+
+def _error_statuses(path, method):
+    statuses = {"400", "401"}
+    if re.search(r"{\w+}", path):
+        statuses.add("404")
+    if method == "post" and path in ("/v1/files", "/v1/batches"):
+        statuses |= {"413", "415"}
+    if path in ("/v1/files", "/v1/batches"):
+        statuses.add("404")  # an unknown `after` on a list, an unknown input file on create
+    if (method, path) in (("delete", "/v1/files/{file_id}"), ("post", "/v1/batches/{batch_id}/cancel")):
+        statuses.add("409")
+    if path in REALTIME_PATHS:
+        statuses |= {"404", "415", "502", "503", "504"}
+    return statuses
+
+
+def add_error_responses(result, generator, request, public):
+    """Postprocessing hook: documents the error envelope for each operation's error statuses."""
+    result.setdefault("components", {}).setdefault("schemas", {})["Error"] = ERROR_SCHEMA
+    reference = {"$ref": "#/components/schemas/Error"}
+    for path, operations in result.get("paths", {}).items():
+        for method, operation in operations.items():
+            responses = operation.setdefault("responses", {})
+            for status in sorted(_error_statuses(path, method)):
+                responses.setdefault(
+                    status,
+                    {"description": ERROR_DESCRIPTIONS[status], "content": {"application/json": {"schema": reference}}},
+                )
+    return result

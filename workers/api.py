@@ -15,8 +15,13 @@ class ModelObjectSerializer(serializers.Serializer):
     owned_by = serializers.CharField()
 
 
+class ModelListSerializer(serializers.Serializer):
+    object = serializers.CharField(help_text="Always 'list'.")
+    data = ModelObjectSerializer(many=True)
+
+
 class ModelsView(APIView):
-    @extend_schema(responses=ModelObjectSerializer(many=True), operation_id="models_list")
+    @extend_schema(responses=ModelListSerializer, operation_id="models_list")
     def get(self, request):
         models = RegisteredModel.objects.filter(is_active=True).order_by("name")
         return Response({"object": "list", "data": [m.to_openai() for m in models]})

@@ -19,6 +19,8 @@ from rest_framework.views import APIView
 
 from jobs.errors import ApiError, NotFound, error_envelope
 
+from . import params as P
+from . import realtime_schema as S
 from .models import RegisteredModel, Worker
 from .selectors import worker_filter_freshness
 
@@ -122,6 +124,25 @@ class WorkerCall:
         self.connection.close()
 
 
+ENDPOINTS = {"chat": "/v1/chat/completions", "completions": "/v1/completions"}
+
+
+def check_body(kind, body):
+    """Parses the body as the worker will (workers/params.py, no vLLM), so bad
+    input is 400 before any worker is asked, even when none is online."""
+    try:
+        if kind == "embeddings":
+            P.embedding_request(body)
+            return
+        P.sampling_kwargs(body, ENDPOINTS[kind])
+        if kind == "chat":
+            P.chat_messages(body)
+        else:
+            P.completion_prompts(body)
+    except P.ParamError as exc:
+        raise ApiError(exc.message, param=exc.param, code=exc.code) from None
+
+
 def call_worker(kind, body):
     """Finds a worker for the body's model and starts the call (a WorkerCall)."""
     model = body.get("model")
@@ -136,6 +157,7 @@ def call_worker(kind, body):
                 f"The model '{model}' does not serve this endpoint.", param="model", code="model_not_supported"
             )
     timeout = _timeout(body)
+    check_body(kind, body)
     worker = realtime_worker_for(model)
     swap = worker is None and bool(model) and swaps_allowed()
     if swap:
@@ -230,18 +252,32 @@ class GenerationView(RealtimeView):
         return Response(answer(self.kind, body))
 
 
-@extend_schema_view(post=extend_schema(request=None, responses=None, operation_id="chat_completions_create"))
+@extend_schema_view(
+    post=extend_schema(
+        request={"application/json": S.ChatCompletionRequest},
+        responses=S.streamed_or(S.ChatCompletion),
+        operation_id="chat_completions_create",
+    )
+)
 class ChatCompletionsView(GenerationView):
     kind, required = "chat", "messages"
 
 
-@extend_schema_view(post=extend_schema(request=None, responses=None, operation_id="completions_create"))
+@extend_schema_view(
+    post=extend_schema(
+        request={"application/json": S.CompletionRequest},
+        responses=S.streamed_or(S.Completion),
+        operation_id="completions_create",
+    )
+)
 class CompletionsView(GenerationView):
     kind, required = "completions", "prompt"
 
 
 class EmbeddingsView(RealtimeView):
-    @extend_schema(request=None, responses=None, operation_id="embeddings_create")
+    @extend_schema(
+        request={"application/json": S.EmbeddingRequest}, responses=S.EmbeddingList, operation_id="embeddings_create"
+    )
     def post(self, request):
         return Response(answer("embeddings", self.body(request, ["input"])))
 
@@ -249,7 +285,9 @@ class EmbeddingsView(RealtimeView):
 class InferenceView(RealtimeView):
     """One prompt or conversation in, one text out."""
 
-    @extend_schema(request=None, responses=None, operation_id="inference_create")
+    @extend_schema(
+        request={"application/json": S.InferenceRequest}, responses=S.InferenceResult, operation_id="inference_create"
+    )
     def post(self, request):
         body = self.body(request, [])
         if "messages" not in body and "prompt" not in body:

@@ -42,5 +42,26 @@ def test_schema_generates_without_warnings_and_validates(db, tmp_path):
         "scheme": "bearer",
         "description": "An API key from `manage.py create_api_key`, as `Authorization: Bearer <key>`.",
     }
+    error = {"$ref": "#/components/schemas/Error"}
+    for path, operations in schema["paths"].items():
+        for method, operation in operations.items():
+            for status in ("400", "401"):
+                assert operation["responses"][status]["content"]["application/json"]["schema"] == error, (path, method)
+    assert schema["components"]["schemas"]["Error"]["properties"]["error"]["required"] == [
+        "message",
+        "type",
+        "param",
+        "code",
+    ]
+    assert "404" in schema["paths"]["/v1/files/{file_id}"]["get"]["responses"]
+    assert "409" in schema["paths"]["/v1/files/{file_id}"]["delete"]["responses"]
     for path in ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/inference"):
-        assert "post" in schema["paths"][path], path
+        responses = schema["paths"][path]["post"]["responses"]
+        assert {"200", "503", "504"} <= set(responses), path
+    chat = schema["paths"]["/v1/chat/completions"]["post"]
+    assert "text/event-stream" in chat["responses"]["200"]["content"]
+    request = chat["requestBody"]["content"]["application/json"]["schema"]["$ref"].rsplit("/", 1)[1]
+    assert "messages" in schema["components"]["schemas"][request]["required"]
+    models = schema["paths"]["/v1/models"]["get"]["responses"]["200"]["content"]["application/json"]["schema"]
+    listing = schema["components"]["schemas"][models["$ref"].rsplit("/", 1)[1]]
+    assert listing["properties"]["data"]["type"] == "array"

@@ -111,17 +111,39 @@ def test_worker_timeout_gives_504(api, chat_model, worker_says):
     assert response.json()["error"]["code"] == "timeout"
 
 
-def test_bad_parameter_gives_400_envelope(api, chat_model, worker_says):
+def test_the_workers_400_is_relayed_in_the_envelope(api, chat_model, worker_says):
     make_worker()
-    worker_says([{"error": {"status": 400, "code": "invalid_value", "message": "bad", "param": "temperature"}}])
-    response = api.post("/v1/chat/completions", {**CHAT_BODY, "temperature": 9}, format="json")
+    error = {"status": 400, "code": "context_length_exceeded", "message": "too long", "param": "messages"}
+    worker_says([{"error": error}])
+    response = api.post("/v1/chat/completions", CHAT_BODY, format="json")
     assert response.status_code == 400
     assert response.json()["error"] == {
-        "message": "bad",
+        "message": "too long",
         "type": "invalid_request_error",
-        "param": "temperature",
-        "code": "invalid_value",
+        "param": "messages",
+        "code": "context_length_exceeded",
     }
+
+
+@pytest.mark.parametrize(
+    "path, body, param",
+    [
+        ("/v1/chat/completions", {**CHAT_BODY, "temperature": 9}, "temperature"),
+        ("/v1/chat/completions", {"messages": "hello"}, "messages"),
+        ("/v1/chat/completions", {**CHAT_BODY, "guided_choice": "yes"}, "guided_choice"),
+        ("/v1/completions", {"prompt": None}, "prompt"),
+        ("/v1/completions", {"prompt": "hi", "max_tokens": 0}, "max_tokens"),
+        ("/v1/embeddings", {"input": {"a": 1}}, "input"),
+        ("/v1/embeddings", {"input": "hi", "encoding_format": "hex"}, "encoding_format"),
+        ("/v1/inference", {"prompt": "hi", "top_p": 2}, "top_p"),
+    ],
+)
+def test_bad_bodies_are_400_before_any_worker_is_asked(api, chat_model, path, body, param):
+    """No worker is online: the web checks the body itself rather than answering 503."""
+    response = api.post(path, body, format="json")
+    assert response.status_code == 400, response.json()
+    error = response.json()["error"]
+    assert error["param"] == param and error["type"] == "invalid_request_error" and error["message"]
 
 
 def test_bad_timeout_and_missing_messages_are_400(api, chat_model):
