@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.http import StreamingHttpResponse
-from drf_spectacular.utils import extend_schema, extend_schema_view
+from drf_spectacular.utils import extend_schema
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
@@ -252,24 +252,12 @@ class GenerationView(RealtimeView):
         return Response(answer(self.kind, body))
 
 
-@extend_schema_view(
-    post=extend_schema(
-        request={"application/json": S.ChatCompletionRequest},
-        responses=S.streamed_or(S.ChatCompletion),
-        operation_id="chat_completions_create",
-    )
-)
+@S.generation_schema(S.ChatCompletionRequest, S.ChatCompletion, "chat_completions_create")
 class ChatCompletionsView(GenerationView):
     kind, required = "chat", "messages"
 
 
-@extend_schema_view(
-    post=extend_schema(
-        request={"application/json": S.CompletionRequest},
-        responses=S.streamed_or(S.Completion),
-        operation_id="completions_create",
-    )
-)
+@S.generation_schema(S.CompletionRequest, S.Completion, "completions_create")
 class CompletionsView(GenerationView):
     kind, required = "completions", "prompt"
 

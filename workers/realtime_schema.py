@@ -2,6 +2,7 @@
 body on to the worker, which validates it (workers/params.py) as batches do."""
 
 from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema, extend_schema_view
 from rest_framework import serializers
 
 
@@ -65,36 +66,35 @@ class _Message(serializers.Serializer):
     content = serializers.CharField(allow_null=True)
 
 
-class _ChatChoice(serializers.Serializer):
+class _Choice(serializers.Serializer):
     index = serializers.IntegerField()
+    finish_reason = serializers.CharField(allow_null=True)
+    logprobs = serializers.JSONField(allow_null=True)
+
+
+class _ChatChoice(_Choice):
     message = _Message()
-    finish_reason = serializers.CharField(allow_null=True)
-    logprobs = serializers.JSONField(allow_null=True)
 
 
-class ChatCompletion(serializers.Serializer):
-    id = serializers.CharField()
-    object = serializers.CharField(help_text="Always 'chat.completion'.")
-    created = serializers.IntegerField()
-    model = serializers.CharField()
-    choices = _ChatChoice(many=True)
-    usage = Usage()
-
-
-class _TextChoice(serializers.Serializer):
-    index = serializers.IntegerField()
+class _TextChoice(_Choice):
     text = serializers.CharField()
-    finish_reason = serializers.CharField(allow_null=True)
-    logprobs = serializers.JSONField(allow_null=True)
 
 
-class Completion(serializers.Serializer):
+class _Answer(serializers.Serializer):
     id = serializers.CharField()
-    object = serializers.CharField(help_text="Always 'text_completion'.")
     created = serializers.IntegerField()
     model = serializers.CharField()
-    choices = _TextChoice(many=True)
     usage = Usage()
+
+
+class ChatCompletion(_Answer):
+    object = serializers.CharField(help_text="Always 'chat.completion'.")
+    choices = _ChatChoice(many=True)
+
+
+class Completion(_Answer):
+    object = serializers.CharField(help_text="Always 'text_completion'.")
+    choices = _TextChoice(many=True)
 
 
 class _Embedding(serializers.Serializer):
@@ -118,5 +118,12 @@ class InferenceResult(serializers.Serializer):
     finish_reason = serializers.CharField(allow_null=True)
 
 
-def streamed_or(serializer):
-    return {(200, "application/json"): serializer, (200, "text/event-stream"): OpenApiTypes.STR}
+def generation_schema(request, answer, operation_id):
+    """The schema of a POST that answers JSON, or server-sent events with `stream: true`."""
+    return extend_schema_view(
+        post=extend_schema(
+            request={"application/json": request},
+            responses={(200, "application/json"): answer, (200, "text/event-stream"): OpenApiTypes.STR},
+            operation_id=operation_id,
+        )
+    )
