@@ -1,8 +1,6 @@
 """What drf-spectacular needs beyond the views: the API key's description and
 the error responses every operation can give, in OpenAI's envelope."""
 
-import re
-
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 
 ERROR_SCHEMA = {
@@ -51,16 +49,15 @@ class ApiKeyScheme(OpenApiAuthenticationExtension):
 
 def _error_statuses(path, method):
     statuses = {"400", "401"}
-    if re.search(r"{\w+}", path):
+    # An unknown id in the path, an unknown `after` on a list, an unknown file or model in a body.
+    if "{" in path or path in ("/v1/files", "/v1/batches") or path in REALTIME_PATHS:
         statuses.add("404")
     if method == "post" and path in ("/v1/files", "/v1/batches"):
         statuses |= {"413", "415"}
-    if path in ("/v1/files", "/v1/batches"):
-        statuses.add("404")  # an unknown `after` on a list, an unknown input file on create
     if (method, path) in (("delete", "/v1/files/{file_id}"), ("post", "/v1/batches/{batch_id}/cancel")):
         statuses.add("409")
     if path in REALTIME_PATHS:
-        statuses |= {"404", "415", "502", "503", "504"}
+        statuses |= {"415", "502", "503", "504"}
     return statuses
 
 
