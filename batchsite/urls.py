@@ -3,7 +3,7 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularJSONAPIView
 from rest_framework.permissions import AllowAny
 
-from jobs.errors import json_400, json_404, json_500
+from batchsite.errors import json_400, json_404, json_500
 
 urlpatterns = [
     # The log viewer (/admin/worker-logs), inside the admin but not a model page.

@@ -6,7 +6,7 @@ from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 
 from . import services
-from .errors import ApiError
+from batchsite.errors import ApiError
 from .models import ApiKey, Batch, File
 
 

@@ -9,7 +9,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from . import selectors, services
-from .errors import ApiError
+from batchsite.errors import ApiError
 from .serializers import (
     BatchCreateSerializer,
     BatchListQuerySerializer,

@@ -2,7 +2,7 @@
 
 from django.db.models import Q
 
-from .errors import NotFound
+from batchsite.errors import NotFound
 from .models import Batch, File
 
 

@@ -3,7 +3,7 @@
 from django.conf import settings
 from rest_framework import serializers
 
-from .errors import ApiError
+from batchsite.errors import ApiError
 from .models import Batch, File
 from .services import COMPLETION_WINDOWS
 

@@ -9,7 +9,7 @@ from django.core.files.storage import default_storage
 from django.db import transaction
 from django.utils import timezone
 
-from .errors import ApiError, Conflict
+from batchsite.errors import ApiError, Conflict
 from .models import ApiKey, Batch, File, hash_api_key
 
 logger = logging.getLogger(__name__)

@@ -3,7 +3,7 @@ from rest_framework import serializers
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from jobs.errors import NotFound
+from batchsite.errors import NotFound
 
 from .models import RegisteredModel
 

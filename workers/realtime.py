@@ -134,6 +134,32 @@ def generate(engine, kind, body, deadline):
     return responses.text_completion(generations, engine.name)
 
 
+def generate_many(engine, body, deadline):
+    """Several chat requests submitted to the engine together (so they share its
+    steps), answered in order: {"body": chat.completion} or {"error": {...}} each.
+    A request the engine refuses on its own fails alone."""
+    outcomes = [None] * len(body["requests"])
+    requests = []
+    for i, request_body in enumerate(body["requests"]):
+        try:
+            requests.append((i, engine.submit(_items("chat", request_body)[0])))
+        except RealtimeFailure as exc:
+            outcomes[i] = {"error": exc.error}
+    try:
+        for i, request in requests:
+            try:
+                outcomes[i] = {"body": responses.chat_completion(_result(engine, request, deadline)[1], engine.name)}
+            except RealtimeFailure as exc:
+                if exc.error["code"] == "timeout":
+                    raise
+                outcomes[i] = {"error": exc.error}
+    except BaseException:
+        for _, request in requests:
+            engine.cancel(request)
+        raise
+    return outcomes
+
+
 def _chunk(kind, chunk_id, created, model, choices, usage=None):
     body = {
         "id": chunk_id,
@@ -219,6 +245,8 @@ class Handler(BaseHTTPRequestHandler):
             with _engine_for(body.get("model"), request.get("swap", False), deadline) as engine:
                 if kind == "embeddings":
                     self._line({"done": embed(engine, body, deadline)})
+                elif kind == "chat_many":
+                    self._line({"done": generate_many(engine, body, deadline)})
                 elif body.get("stream"):
                     for chunk in stream(engine, kind, body, deadline):
                         self._line({"chunk": chunk})

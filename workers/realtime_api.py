@@ -17,7 +17,7 @@ from drf_spectacular.utils import extend_schema
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from jobs.errors import ApiError, NotFound, error_envelope
+from batchsite.errors import ApiError, NotFound, error_envelope
 
 from . import params as P
 from . import realtime_schema as S
@@ -133,6 +133,17 @@ def check_body(kind, body):
     try:
         if kind == "embeddings":
             P.embedding_request(body)
+            return
+        if kind == "chat_many":
+            requests = body.get("requests")
+            if not isinstance(requests, list) or not all(isinstance(r, dict) for r in requests):
+                raise ApiError("'requests' must be a list of chat bodies.", param="requests", code="invalid_type")
+            for i, request_body in enumerate(body["requests"]):
+                try:
+                    check_body("chat", request_body)
+                except ApiError as exc:
+                    exc.param = f"requests.{i}.{exc.param}" if exc.param else f"requests.{i}"
+                    raise
             return
         P.sampling_kwargs(body, ENDPOINTS[kind])
         if kind == "chat":

@@ -1,4 +1,4 @@
-"""The one error envelope (jobs.errors) for what no view handles itself."""
+"""The one error envelope (batchsite.errors) for what no view handles itself."""
 
 from rest_framework.test import APIClient
 
