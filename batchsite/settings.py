@@ -186,6 +186,15 @@ VLLM_BATCH = {
     "REALTIME_SWAP_HOLD_SECONDS": env_float("VLLM_BATCH_REALTIME_SWAP_HOLD_SECONDS", 60.0),
 }
 
+# Label Studio ML backend (/labelstudio/): the model new projects get (empty: the
+# first active generation model), the inference timeout of one /predict (below
+# Label Studio's 100 s), and optional basic auth that Label Studio sends when the
+# backend is connected with it.
+LABEL_STUDIO_MODEL = env_str("LABEL_STUDIO_MODEL", "")
+LABEL_STUDIO_PREDICT_TIMEOUT = env_float("LABEL_STUDIO_PREDICT_TIMEOUT", 90.0)
+LABEL_STUDIO_BACKEND_USERNAME = env_str("LABEL_STUDIO_BACKEND_USERNAME", "")
+LABEL_STUDIO_BACKEND_PASSWORD = env_str("LABEL_STUDIO_BACKEND_PASSWORD", "")
+
 # Where `manage.py worker status` checks that the web API answers.
 VLLM_BATCH_API_URL = env_str("VLLM_BATCH_API_URL", "http://127.0.0.1:8000/v1")
 

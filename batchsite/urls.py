@@ -11,6 +11,8 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("v1/", include("jobs.urls")),
     path("v1/", include("workers.urls")),
+    # Label Studio's ML backend protocol; its "Model URL" is http://host:8000/labelstudio.
+    path("labelstudio/", include("labeling.urls")),
     path(
         "v1/openapi.json",
         SpectacularJSONAPIView.as_view(permission_classes=[AllowAny], authentication_classes=[]),
