@@ -4,8 +4,6 @@ as a guided engine would, from answers the test gives per task text."""
 import json
 import math
 
-from workers.inference import ChatResult
-
 
 def tokens(text, logprob=-0.1, size=3):
     return [(text[i : i + size], logprob) for i in range(0, len(text), size)]
@@ -45,6 +43,8 @@ class FakeChat:
         return json.dumps(_first_valid(schema), separators=(",", ":"))
 
     def __call__(self, requests, *, model, timeout=None):
+        from workers.inference import ChatResult
+
         self.calls.append({"requests": list(requests), "model": model, "timeout": timeout})
         results = []
         for request in requests:
