@@ -1,0 +1,224 @@
+"""One real Label Studio 1.23.2 per test run, connected to the real vllm-batch stack.
+
+scripts/labelstudio installs it into its own virtual environment (cached). The
+server starts in the background as soon as collection shows a test of this
+directory will run, so it comes up while the vllm-batch stack starts; the
+`label_studio` fixture waits for it. Its data directory is a copy of the migrated
+template in a temporary directory, its first user is created with a known legacy API
+token, and it is stopped (its whole process tree, bounded) when the session ends.
+"""
+
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+from labeling.client import LabelStudio
+
+PROJECT_DIR = Path(__file__).resolve().parents[2]
+HERE = Path(__file__).resolve().parent
+
+INSTALL_TIMEOUT = 900
+READY_TIMEOUT = 180
+STOP_TIMEOUT = 15
+
+# What a loopback ML backend and strict prediction checks need, and nothing that phones home.
+LABEL_STUDIO_ENV = {
+    "ML_BLOCK_LOCAL_IP": "false",
+    "SSRF_PROTECTION_ENABLED": "false",
+    "LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN": "true",
+    "fflag_feat_utc_210_prediction_validation_15082025": "true",
+    "LATEST_VERSION_CHECK": "false",
+    "COLLECT_ANALYTICS": "false",
+}
+# Only these are passed on from the test run: Label Studio must not see our
+# DJANGO_SETTINGS_MODULE or DATABASE_URL.
+INHERITED_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "TZ")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def stop_tree(pid, timeout=STOP_TIMEOUT):
+    """SIGTERM to the process and its descendants, SIGKILL to what is left after `timeout`."""
+    try:
+        root = psutil.Process(pid)
+        tree = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return
+    for proc in tree:
+        try:
+            proc.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(tree, timeout=timeout)
+    for proc in alive:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(alive, timeout=timeout)
+
+
+class LabelStudioServer:
+    """Installs (if needed) and starts Label Studio; `ready()` waits until its API answers our token."""
+
+    def __init__(self):
+        self.dir = Path(tempfile.mkdtemp(prefix="labelstudio-test-"))
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.username = "admin@example.com"
+        self.password = secrets.token_urlsafe(12)
+        self.token = secrets.token_hex(20)
+        self.log_path = self.dir / "label-studio.log"
+        self.proc = None
+        self.error = None
+        self.times = {}
+        self._thread = None
+        self._ready = False
+
+    def start_in_background(self):
+        self._thread = threading.Thread(target=self._start, name="label-studio-start", daemon=True)
+        self._thread.start()
+
+    def _start(self):
+        try:
+            started = time.monotonic()
+            install = subprocess.run(
+                [str(PROJECT_DIR / "scripts" / "labelstudio")],
+                cwd=PROJECT_DIR,
+                capture_output=True,
+                text=True,
+                timeout=INSTALL_TIMEOUT,
+            )
+            if install.returncode != 0:
+                raise RuntimeError(f"scripts/labelstudio failed:\n{install.stdout}\n{install.stderr}")
+            executable = Path(install.stdout.strip().splitlines()[-1])
+            self.times["install"] = time.monotonic() - started
+            data_dir = self.dir / "data"
+            template = executable.parent.parent / "data-template"
+            if template.is_dir():
+                shutil.copytree(template, data_dir)
+            env = {k: os.environ[k] for k in INHERITED_ENV if k in os.environ}
+            env.update(LABEL_STUDIO_ENV)
+            self.started_at = time.monotonic()
+            # Label Studio moves to the next port when its port is taken; ready() checks
+            # the token on our port, so a stranger's server is never mistaken for it.
+            self.proc = subprocess.Popen(
+                [
+                    str(executable),
+                    "start",
+                    "--no-browser",
+                    "--internal-host",
+                    "127.0.0.1",
+                    "-p",
+                    str(self.port),
+                    "--data-dir",
+                    str(data_dir),
+                    "--username",
+                    self.username,
+                    "--password",
+                    self.password,
+                    "--user-token",
+                    self.token,
+                    "--enable-legacy-api-token",
+                ],
+                cwd=self.dir,
+                env=env,
+                stdout=open(self.log_path, "ab"),  # noqa: SIM115
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        except Exception as exc:  # reported by ready(), in the test that needs the server
+            self.error = exc
+
+    def _log_tail(self, lines=40):
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def ready(self, timeout=READY_TIMEOUT):
+        if self._ready:
+            return self
+        self._thread.join(INSTALL_TIMEOUT)
+        if self.error is not None:
+            raise RuntimeError(f"Label Studio could not be started: {self.error}")
+        deadline = time.monotonic() + timeout
+        headers = {"Authorization": f"Token {self.token}"}
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"Label Studio exited with {self.proc.returncode}:\n{self._log_tail()}")
+            try:
+                if httpx.get(f"{self.url}/api/projects/", headers=headers, timeout=5).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"Label Studio did not answer within {timeout} s:\n{self._log_tail()}")
+            time.sleep(0.5)
+        self.times["start"] = time.monotonic() - self.started_at
+        self._ready = True
+        return self
+
+    def client(self, **kwargs):
+        return LabelStudio(self.url, self.token, **kwargs)
+
+    def stop(self):
+        if self._thread is not None:
+            self._thread.join(INSTALL_TIMEOUT)
+        if self.proc is not None and self.proc.poll() is None:
+            stop_tree(self.proc.pid)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+_server = None
+
+
+def _server_started():
+    global _server
+    if _server is None:
+        _server = LabelStudioServer()
+        _server.start_in_background()
+    return _server
+
+
+def pytest_collection_finish(session):
+    if any(Path(str(item.path)).is_relative_to(HERE) for item in session.items):
+        _server_started()
+
+
+def pytest_sessionfinish(session):
+    if _server is not None:
+        _server.stop()
+
+
+@pytest.fixture(scope="session")
+def label_studio():
+    """The running Label Studio: `.url`, `.token`, `.client()`."""
+    return _server_started().ready()
+
+
+@pytest.fixture(scope="session")
+def ls(label_studio):
+    """A labeling.client.LabelStudio for the test Label Studio."""
+    with label_studio.client() as client:
+        yield client
+
+
+@pytest.fixture(scope="session")
+def backend_url(stack):
+    """Where Label Studio reaches vllm-batch's ML backend."""
+    return stack.base_url.removesuffix("/v1") + "/labelstudio"
