@@ -194,6 +194,10 @@ LABEL_STUDIO_MODEL = env_str("LABEL_STUDIO_MODEL", "")
 LABEL_STUDIO_PREDICT_TIMEOUT = env_float("LABEL_STUDIO_PREDICT_TIMEOUT", 90.0)
 LABEL_STUDIO_BACKEND_USERNAME = env_str("LABEL_STUDIO_BACKEND_USERNAME", "")
 LABEL_STUDIO_BACKEND_PASSWORD = env_str("LABEL_STUDIO_BACKEND_PASSWORD", "")
+# Where bulk predictions (manage.py labelstudio predict) are written: empty uses the
+# hostname and token Label Studio sent in /setup for each project.
+LABEL_STUDIO_URL = env_str("LABEL_STUDIO_URL", "")
+LABEL_STUDIO_API_KEY = env_str("LABEL_STUDIO_API_KEY", "")
 
 # Where `manage.py worker status` checks that the web API answers.
 VLLM_BATCH_API_URL = env_str("VLLM_BATCH_API_URL", "http://127.0.0.1:8000/v1")
