@@ -7,6 +7,9 @@ def main():
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "batchsite.settings")
     from django.core.management import execute_from_command_line
 
+    from batchsite.startup import prepare
+
+    prepare()
     execute_from_command_line(sys.argv)
 
 

@@ -2,12 +2,13 @@
 
 import os
 import sys
-from pathlib import Path
+
+from django.core.management import execute_from_command_line
+
+from batchsite.startup import prepare
 
 
 def main():
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "batchsite.settings")
-    from django.core.management import execute_from_command_line
-
+    prepare()
     execute_from_command_line(["vllm-batch", *sys.argv[1:]])

@@ -5,9 +5,9 @@ import tempfile
 from .settings import *
 
 VAR_DIR = Path(tempfile.mkdtemp(prefix="vllm-batch-test-"))
-FILES_ROOT = VAR_DIR / "files"
-STORAGES["default"]["OPTIONS"]["location"] = str(FILES_ROOT)
+VLLM_BATCH = {**VLLM_BATCH, "VAR_DIR": VAR_DIR, "LOG_DIR": VAR_DIR / "logs"}
+SECRET_KEY = "vllm-batch-tests"
+STORAGES["default"]["OPTIONS"]["location"] = str(VAR_DIR / "files")
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-LOG_DIR = VAR_DIR / "logs"
 STATIC_ROOT = VAR_DIR / "static"
 STATIC_ROOT.mkdir()

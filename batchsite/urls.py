@@ -7,7 +7,7 @@ from batchsite.errors import json_400, json_404, json_500
 
 urlpatterns = [
     # The log viewer (/admin/worker-logs), inside the admin but not a model page.
-    path("admin/", include("workers.log_views")),
+    path("admin/", include("workers.console.log_views")),
     path("admin/", admin.site.urls),
     path("v1/", include("jobs.urls")),
     path("v1/", include("workers.urls")),

@@ -25,9 +25,9 @@ from pathlib import Path
 import openai
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "batchsite.settings")
 
-from batchsite.devstack import Stack  # noqa: E402
+from devtools.devstack import Stack  # noqa: E402
+from devtools.tiny_model import build_tiny_model  # noqa: E402
 
 MESSAGES = [{"role": "user", "content": "Tell me a story."}]
 ENV = {"VLLM_BATCH_HEARTBEAT_SECONDS": "2", "Q_POLL": "0.2"}
@@ -102,8 +102,6 @@ def main():
     out = Path(args.out or tempfile.mkdtemp(prefix="rt-bench-"))
     model = out / "tiny-llama"
     if not (model / "config.json").exists():
-        from workers.tiny_model import build_tiny_model
-
         build_tiny_model(model)
 
     direct = subprocess.run(

@@ -9,8 +9,9 @@ Measures:
      "Reading batch" log line, printed once the engine is up, to its output
      file being written; also, as a cross-check, its total time minus the
      total time of a 1-request run);
-  C. vllm-batch, warm worker: migrate, register the model, create an API key,
-     start gunicorn and qcluster, run a small batch to load the engine, then
+  C. vllm-batch, warm worker, on the dev stack (devtools/devstack.py): migrate,
+     register the model, create an API key, start gunicorn and qcluster, run a
+     small batch to load the engine, then
      time upload + create -> status "completed" for the N-request file through
      the openai SDK, and check the output file (N lines, every custom_id once).
 
@@ -37,7 +38,6 @@ import queue
 import random
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -47,8 +47,16 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+import openai
+import psutil
+
 REPO = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
+sys.path.insert(0, str(REPO))
+
+from devtools.devstack import Stack  # noqa: E402
+from devtools.tiny_model import WORDS, build_tiny_model  # noqa: E402
+
 MODEL_NAME = "tiny-llama"
 GPU_MEM = "0.3"
 MAX_MODEL_LEN = "2048"
@@ -56,7 +64,6 @@ MAX_MODEL_LEN = "2048"
 # Time bounds (seconds) for every wait.
 ENGINE_RUN_TIMEOUT = 1800  # one reference process, engine start included
 COMMAND_TIMEOUT = 300  # manage.py commands
-SERVER_START_TIMEOUT = 60  # gunicorn answering
 WARM_BATCH_TIMEOUT = 600  # first batch: worker start + engine load
 TIMED_BATCH_TIMEOUT = 1800
 STOP_TIMEOUT = 45  # SIGTERM -> SIGKILL
@@ -106,9 +113,6 @@ def build_model(out):
     if (path / "config.json").exists() and (path / "tokenizer.json").exists():
         log(f"reusing tiny model at {path}")
         return path
-    sys.path.insert(0, str(REPO))
-    from workers.tiny_model import build_tiny_model
-
     started = time.monotonic()
     build_tiny_model(path)
     log(f"built tiny model at {path} in {time.monotonic() - started:.1f} s")
@@ -116,13 +120,7 @@ def build_model(out):
 
 
 def _words():
-    try:
-        sys.path.insert(0, str(REPO))
-        from workers.tiny_model import WORDS
-
-        return list(WORDS)
-    except Exception:  # the word list is only for variety
-        return ["the", "model", "batch", "worker", "request", "answer", "text", "data"]
+    return list(WORDS)
 
 
 def prompt_text(rng, words):
@@ -264,31 +262,11 @@ def wait_proc(procs, proc, timeout, what):
         raise RuntimeError(f"{what} did not finish within {timeout} s") from None
 
 
-def run_command(args, env, log_path, timeout=COMMAND_TIMEOUT):
-    with open(log_path, "ab") as log_file:
-        result = subprocess.run(
-            args,
-            cwd=str(REPO),
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=log_file,
-            timeout=timeout,
-            check=False,
-        )
-        log_file.write(result.stdout)
-    if result.returncode != 0:
-        raise RuntimeError(f"{' '.join(map(str, args))} exited {result.returncode}; see {log_path}")
-    return result.stdout.decode()
-
-
 # -- noise ----------------------------------------------------------------------
 
 
 def other_engines():
     """Other vLLM engine processes on the machine (they make timings noisy)."""
-    import psutil
-
     groups = OUR_GROUPS | {os.getpgid(0)}
     found = []
     for p in psutil.process_iter(["pid", "name", "cmdline"]):
@@ -312,8 +290,6 @@ class LoadMeter:
 
     @staticmethod
     def _snapshot():
-        import psutil
-
         cpu = psutil.cpu_times()
         busy = sum(getattr(cpu, name, 0.0) for name in ("user", "nice", "system", "irq", "softirq", "steal"))
         groups = OUR_GROUPS | {os.getpgid(0)}
@@ -616,31 +592,6 @@ def bench_run_batch(procs, model, request_files, one_file, count, out, logs):
 # -- C: vllm-batch ----------------------------------------------------------------
 
 
-def free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_http(url, key, timeout, proc):
-    import urllib.error
-    import urllib.request
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"gunicorn exited {proc.returncode}")
-        try:
-            request = urllib.request.Request(url, headers={"Authorization": f"Bearer {key}"})
-            with urllib.request.urlopen(request, timeout=2) as response:
-                if response.status == 200:
-                    return
-        except (urllib.error.URLError, OSError):
-            pass
-        time.sleep(0.2)
-    raise RuntimeError(f"{url} did not answer within {timeout} s")
-
-
 def run_batch_via_api(client, path, timeout, watch):
     """Uploads, creates and polls one batch; returns (batch, timings, load)."""
     meter = LoadMeter()
@@ -668,69 +619,54 @@ def run_batch_via_api(client, path, timeout, watch):
 
 
 class VllmBatch:
-    """vllm-batch on a fresh var dir: gunicorn + qcluster, warmed by a small batch."""
+    """vllm-batch on the dev stack (devtools/devstack.py) with a fresh var dir:
+    gunicorn + qcluster, warmed by a small batch."""
 
-    def __init__(self, procs, model, warm_file, out, logs):
-        import openai
-
-        self.procs = procs
+    def __init__(self, model, warm_file, out):
         self.out = out
-        self.logs = logs
         self.runs = []
         self.var_dir = Path(tempfile.mkdtemp(prefix="var-", dir=out))
-        env = base_env()
-        env["VLLM_BATCH_VAR_DIR"] = str(self.var_dir)
-        for name in ("DATABASE_URL", "REDIS_URL", "VLLM_BATCH_FILES_ROOT", "VLLM_BATCH_LOG_DIR"):
-            env.pop(name, None)
-        manage = [PYTHON, "manage.py"]
-        log(f"C: vllm-batch, var dir {self.var_dir}")
-        run_command([*manage, "migrate", "--noinput"], env, logs / "c_manage.log")
-        run_command(
-            [
-                *manage,
-                "register_model",
-                MODEL_NAME,
-                str(model),
-                "--max-model-len",
-                MAX_MODEL_LEN,
-                "--gpu-memory-utilization",
-                GPU_MEM,
-            ],
-            env,
-            logs / "c_manage.log",
+        log(f"C: vllm-batch, var dir {self.var_dir} (its logs are there)")
+        self.stack = Stack(self.var_dir, env=base_env())
+        self.stack.manage("migrate", "--noinput", timeout=COMMAND_TIMEOUT)
+        self.stack.manage(
+            "register_model",
+            MODEL_NAME,
+            str(model),
+            "--max-model-len",
+            MAX_MODEL_LEN,
+            "--gpu-memory-utilization",
+            GPU_MEM,
+            timeout=COMMAND_TIMEOUT,
         )
-        printed = run_command([*manage, "create_api_key", "bench", "--quiet"], env, logs / "c_manage.log")
-        key = printed.strip().splitlines()[-1]
-
-        port = free_port()
-        self.gunicorn = procs.start(
-            [str(Path(PYTHON).parent / "gunicorn"), "batchsite.wsgi", "-b", f"127.0.0.1:{port}", "-w", "2"],
-            logs / "c_gunicorn.log",
-            env,
-        )
-        self.qcluster = procs.start([*manage, "qcluster"], logs / "c_qcluster.log", env)
-        base_url = f"http://127.0.0.1:{port}/v1"
-        wait_http(f"{base_url}/models", key, SERVER_START_TIMEOUT, self.gunicorn)
-        self.client = openai.OpenAI(base_url=base_url, api_key=key, timeout=120, max_retries=2)
+        key = self.stack.create_api_key("bench")
+        try:
+            self.stack.start_web(workers=2)
+            self.stack.start_worker()
+        except BaseException:
+            self.stack.stop()
+            raise
+        OUR_GROUPS.update((self.stack.web.pid, self.stack.worker.pid))  # each runs in a session of its own
+        self.client = openai.OpenAI(base_url=self.stack.base_url, api_key=key, timeout=120, max_retries=2)
         self.warm_file = warm_file
 
     def warm_up(self):
         log("C: warm-up batch (worker start + engine load)")
         warm, timings, _ = run_batch_via_api(self.client, self.warm_file, WARM_BATCH_TIMEOUT, self.watch)
         if warm.status != "completed":
-            raise RuntimeError(f"warm-up batch ended {warm.status}: {warm.errors}; see {self.logs / 'c_qcluster.log'}")
+            raise RuntimeError(f"warm-up batch ended {warm.status}: {warm.errors}; see {self.var_dir}")
         self.warmup = {"requests": warm.request_counts.total, **timings}
         log(f"C: warm-up batch ({warm.request_counts.total} requests) completed in {timings['total_s']:.1f} s")
 
     @property
     def watch(self):
-        return [self.gunicorn, self.qcluster]
+        return [self.stack.web, self.stack.worker]
 
     def run(self, requests_file, number):
         count = len(read_ids(requests_file))
         batch, timings, load = run_batch_via_api(self.client, requests_file, TIMED_BATCH_TIMEOUT, self.watch)
         if batch.status != "completed":
-            raise RuntimeError(f"batch ended {batch.status}: {batch.errors}; see {self.logs / 'c_qcluster.log'}")
+            raise RuntimeError(f"batch ended {batch.status}: {batch.errors}; see {self.var_dir}")
         content = self.client.files.content(batch.output_file_id).content
         (self.out / f"vllm_batch_out_{number}.jsonl").write_bytes(content)
         check = check_output(content, read_ids(requests_file))
@@ -761,8 +697,7 @@ class VllmBatch:
 
     def stop(self):
         # The worker first: it unloads the engine on the way out.
-        self.procs.stop(self.qcluster)
-        self.procs.stop(self.gunicorn)
+        self.stack.stop()
 
     def result(self):
         return {
@@ -784,7 +719,7 @@ def bench_interleaved(procs, parts, model, request_files, warm_file, args, out, 
             a = ReferenceA(procs, model, args.max_tokens, logs, args.a_engine_args)
             a.wait_ready()  # one engine start at a time
         if "C" in parts:
-            c = VllmBatch(procs, model, warm_file, out, logs)
+            c = VllmBatch(model, warm_file, out)
             c.warm_up()
         for k, requests_file in enumerate(request_files, 1):
             order = [a, c] if k % 2 else [c, a]

@@ -5,8 +5,9 @@ from django.shortcuts import get_object_or_404
 from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 
-from . import services
 from batchsite.errors import ApiError
+
+from . import services
 from .models import ApiKey, Batch, File
 
 

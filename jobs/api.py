@@ -8,8 +8,9 @@ from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from . import selectors, services
 from batchsite.errors import ApiError
+
+from . import selectors, services
 from .serializers import (
     BatchCreateSerializer,
     BatchListQuerySerializer,

@@ -1,9 +1,10 @@
-"""Reads for the API, always scoped to the caller."""
+"""Reads: for the API, always scoped to the caller; for the worker, a batch's saved lines."""
 
 from django.db.models import Q
 
 from batchsite.errors import NotFound
-from .models import Batch, File
+
+from .models import Batch, BatchResult, File
 
 
 def file_get(*, owner, file_id):
@@ -62,3 +63,8 @@ def file_list(*, owner, purpose=None, after=None, limit=10000, order="desc"):
 def batch_list(*, owner, after=None, limit=20):
     queryset = Batch.objects.filter(owner=owner)
     return as_list(*_page(queryset, after=after, limit=limit, descending=True, param="after"))
+
+
+def batch_done_lines(batch_id):
+    """The input lines of the batch that have a saved result."""
+    return set(BatchResult.objects.filter(batch_id=batch_id).values_list("line", flat=True))

@@ -4,6 +4,7 @@ from django.conf import settings
 from rest_framework import serializers
 
 from batchsite.errors import ApiError
+
 from .models import Batch, File
 from .services import COMPLETION_WINDOWS
 

@@ -15,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import openai  # noqa: E402
 
-from batchsite.devstack import PROJECT_DIR, Stack, free_port  # noqa: E402
+from devtools.devstack import PROJECT_DIR, Stack, free_port  # noqa: E402
 
 TOPICS = ["a product review", "the weather in paris", "a movie about a dog", "fast delivery", "a blue bird"]
 

@@ -8,7 +8,8 @@ from pathlib import Path
 import openai
 import pytest
 
-from batchsite.devstack import Stack
+from devtools.devstack import Stack
+from devtools.tiny_model import build_tiny_model
 
 # Small chunks and a short lease make cancel, resume and takeover observable
 # in seconds; the logic is the same at the defaults.
@@ -24,8 +25,6 @@ E2E_ENV = {
 
 @pytest.fixture(scope="session")
 def tiny_model_path(tmp_path_factory):
-    from workers.tiny_model import build_tiny_model
-
     path = Path(os.environ.get("VLLM_BATCH_TEST_MODEL_DIR") or tmp_path_factory.mktemp("models")) / "tiny-llama"
     if not (path / "config.json").exists():
         build_tiny_model(path)

@@ -1,3 +1,5 @@
+"""The registered models as OpenAI lists them: /v1/models and /v1/models/{name}."""
+
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers
 from rest_framework.response import Response
@@ -5,7 +7,7 @@ from rest_framework.views import APIView
 
 from batchsite.errors import NotFound
 
-from .models import RegisteredModel
+from . import selectors
 
 
 class ModelObjectSerializer(serializers.Serializer):
@@ -23,14 +25,14 @@ class ModelListSerializer(serializers.Serializer):
 class ModelsView(APIView):
     @extend_schema(responses=ModelListSerializer, operation_id="models_list")
     def get(self, request):
-        models = RegisteredModel.objects.filter(is_active=True).order_by("name")
+        models = selectors.model_list_active()
         return Response({"object": "list", "data": [m.to_openai() for m in models]})
 
 
 class ModelDetailView(APIView):
     @extend_schema(responses=ModelObjectSerializer, operation_id="models_retrieve")
     def get(self, request, model_id):
-        model = RegisteredModel.objects.filter(is_active=True, name=model_id).first()
+        model = selectors.model_get_active(model_id)
         if model is None:
             raise NotFound(f"The model '{model_id}' does not exist.", param="model")
         return Response(model.to_openai())

@@ -11,7 +11,7 @@ long) fails alone, as `ChatResult.error`.
 
 from dataclasses import dataclass, field
 
-from . import realtime_api
+from .realtime import client
 
 
 @dataclass
@@ -50,7 +50,7 @@ def chat(requests, *, model, timeout=None):
     body = {"model": model, "requests": list(requests)}
     if timeout is not None:
         body["timeout"] = timeout
-    return [_chat_result(outcome) for outcome in realtime_api.answer("chat_many", body)]
+    return [_chat_result(outcome) for outcome in client.answer("chat_many", body)]
 
 
 def embed(texts, *, model, timeout=None):
@@ -60,4 +60,4 @@ def embed(texts, *, model, timeout=None):
     body = {"model": model, "input": list(texts)}
     if timeout is not None:
         body["timeout"] = timeout
-    return [item["embedding"] for item in realtime_api.answer("embeddings", body)["data"]]
+    return [item["embedding"] for item in client.answer("embeddings", body)["data"]]

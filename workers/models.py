@@ -1,4 +1,11 @@
+import socket
+
+import psutil
+from django.conf import settings
 from django.db import models
+from django.utils import timezone
+
+EMBEDDINGS_ENDPOINT = "/v1/embeddings"
 
 
 class RegisteredModel(models.Model):
@@ -44,6 +51,10 @@ class RegisteredModel(models.Model):
     @property
     def serves_embeddings(self):
         return self.runner == self.Runner.POOLING
+
+    def serves(self, endpoint):
+        """Whether the model answers this OpenAI path: a pooling model only embeddings, any other the rest."""
+        return self.serves_embeddings == (endpoint == EMBEDDINGS_ENDPOINT)
 
     def engine_args(self):
         """Keyword arguments for vllm.LLM, as plain data (no vLLM import here)."""
@@ -115,9 +126,6 @@ class Worker(models.Model):
         return self.name
 
     def freshness(self, now=None):
-        from django.conf import settings
-        from django.utils import timezone
-
         if self.state == self.State.STOPPED:
             return self.Freshness.OFFLINE
         interval = settings.VLLM_BATCH["HEARTBEAT_SECONDS"]
@@ -129,16 +137,12 @@ class Worker(models.Model):
         return self.Freshness.ONLINE
 
     def is_local(self):
-        import socket
-
         return self.hostname == socket.gethostname()
 
     def process_may_run(self):
         """False when the worker was on this host and its process is gone."""
         if not self.is_local():
             return True
-        import psutil
-
         return psutil.pid_exists(self.pid)
 
 

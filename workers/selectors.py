@@ -1,4 +1,5 @@
-"""Reads about workers for the admin console: who is around, how fresh, doing what."""
+"""Reads: the model registry (which model serves what), and the workers for the
+realtime API and the admin console (who is around, how fresh, doing what)."""
 
 from datetime import timedelta
 
@@ -7,10 +8,51 @@ from django.template.defaultfilters import filesizeformat
 from django.urls import reverse
 from django.utils import timezone
 
-from .models import Worker
+from batchsite.errors import ApiError
+
+from .models import RegisteredModel, Worker
 
 RECENT = timedelta(hours=1)
 CARD_LIMIT = 20
+
+
+def model_list_active():
+    return RegisteredModel.objects.filter(is_active=True).order_by("name")
+
+
+def model_get_active(name):
+    """The registered, active model `name`, or None."""
+    return RegisteredModel.objects.filter(name=name, is_active=True).first()
+
+
+def model_for_endpoint(name, endpoint):
+    """The active model `name` if it serves `endpoint` (an OpenAI path); else
+    ApiError 404 `model_not_found` or 400 `model_not_supported`."""
+    model = model_get_active(name)
+    if model is None:
+        raise ApiError(
+            f"The model '{name}' does not exist or is not registered on this server.",
+            code="model_not_found",
+            param="model",
+            status_code=404,
+        )
+    if not model.serves(endpoint):
+        kind = "an embedding" if model.serves_embeddings else "a generative"
+        raise ApiError(
+            f"The model '{name}' is {kind} model and cannot serve {endpoint}.",
+            code="model_not_supported",
+            param="model",
+        )
+    return model
+
+
+def model_problem(name, endpoint):
+    """None when the model `name` may serve `endpoint`, else (code, message): for batch validation."""
+    try:
+        model_for_endpoint(name, endpoint)
+    except ApiError as exc:
+        return exc.code, exc.message
+    return None
 
 
 def worker_list_recent(*, now=None, limit=CARD_LIMIT):
@@ -38,6 +80,34 @@ def worker_filter_freshness(*, queryset, freshness, now=None):
     if freshness == Worker.Freshness.OFFLINE:
         return queryset.exclude(pk__in=[pk for pk, f in alive.items() if f != Worker.Freshness.OFFLINE])
     return queryset.filter(pk__in=[pk for pk, f in alive.items() if f == freshness])
+
+
+def _online(workers):
+    return worker_filter_freshness(queryset=workers.exclude(realtime_url=""), freshness=Worker.Freshness.ONLINE)
+
+
+def realtime_worker_for(model):
+    """An online worker holding `model` (any model when None), idle ones first."""
+    workers = Worker.objects.exclude(current_model="").filter(state__in=[Worker.State.IDLE, Worker.State.PROCESSING])
+    if model:
+        workers = workers.filter(current_model=model)
+    return min(_online(workers), key=lambda w: (w.state != Worker.State.IDLE, -w.last_seen.timestamp()), default=None)
+
+
+def swap_worker_for(model):
+    """The online worker best placed to load `model` on demand: one already
+    loading it, else an idle one (an empty one first), else one running a batch."""
+    states = [Worker.State.IDLE, Worker.State.PROCESSING, Worker.State.LOADING]
+    workers = _online(Worker.objects.filter(state__in=states))
+
+    def rank(w):
+        if w.current_model == model:
+            return 0
+        if w.state == Worker.State.IDLE:
+            return 1 if not w.current_model else 2
+        return 3
+
+    return min(workers, key=lambda w: (rank(w), -w.last_seen.timestamp()), default=None)
 
 
 def seconds_ago(seconds):

@@ -1,8 +1,14 @@
-"""Writes for the model registry."""
+"""Writes: the model registry, and the operator's commands to workers."""
 
+import time
+
+import psutil
+from django.conf import settings
 from django.db import transaction
+from django.utils import timezone
 
-from .models import RegisteredModel, Worker
+from .models import RegisteredModel, Worker, WorkerCommand
+from .runtime.processes import kill_all
 
 
 @transaction.atomic
@@ -17,15 +23,11 @@ def model_register(*, name, path, runner=RegisteredModel.Runner.GENERATE, **engi
 
 def command_create(*, worker, action, requested_by=""):
     """Queues an order for a worker; it acts within one heartbeat."""
-    from .models import WorkerCommand
-
     return WorkerCommand.objects.create(worker=worker, action=action, requested_by=requested_by)
 
 
 def command_wait(*, command, timeout):
     """Waits (bounded) for the worker to finish the command; returns it refreshed."""
-    import time
-
     deadline = time.monotonic() + timeout
     while True:
         command.refresh_from_db()
@@ -38,13 +40,6 @@ def worker_kill(*, worker, requested_by="", wait=None):
     """Kill through the database first; a worker on this host that does not answer
     within `wait` seconds (a hung worker) is killed with signals, process tree and all.
     Returns (command, how) where how is 'command', 'signal' or 'pending'."""
-    import psutil
-    from django.conf import settings
-    from django.utils import timezone
-
-    from .models import WorkerCommand
-    from .processes import kill_all
-
     wait = settings.VLLM_BATCH["HEARTBEAT_SECONDS"] * 1.5 if wait is None else wait
     command = command_create(worker=worker, action=WorkerCommand.Action.KILL, requested_by=requested_by)
     command = command_wait(command=command, timeout=wait)

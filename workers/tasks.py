@@ -1,33 +1,46 @@
-"""django-q2 entry points. They take ids and call services."""
+"""django-q2 entry points (they take ids and call services), and the watchdog's schedule."""
 
 import logging
 
-from .lifecycle import busy
+from django_q.models import Schedule
+
+from jobs import leases
+
+from . import runner, state
+from .models import WorkerCommand
+from .runtime import heartbeat
 
 logger = logging.getLogger(__name__)
 
+WATCHDOG_SCHEDULE = "vllm-batch watchdog"
+
 
 def process_batch_task(batch_id):
-    from .runner import process_batch
-
-    with busy():
-        outcome = process_batch(batch_id)
+    with state.busy():
+        outcome = runner.process_batch(batch_id)
         _clear_gpu_if_asked()
     logger.info("batch %s: %s", batch_id, outcome)
     return outcome
 
 
 def _clear_gpu_if_asked():
-    from . import state
-    from .heartbeat import clear_gpu
-    from .models import WorkerCommand
-
     command_id = state.handback["clear_gpu"]
     if command_id:
-        clear_gpu(WorkerCommand.objects.get(pk=command_id))
+        heartbeat.clear_gpu(WorkerCommand.objects.get(pk=command_id))
 
 
 def watchdog_task():
-    from .watchdog import requeue_stale_batches
+    """Puts batches whose worker died or went quiet back on the queue."""
+    return leases.requeue_stale_batches()
 
-    return requeue_stale_batches()
+
+def watchdog_schedule_ensure(minutes):
+    Schedule.objects.update_or_create(
+        name=WATCHDOG_SCHEDULE,
+        defaults={
+            "func": "workers.tasks.watchdog_task",
+            "schedule_type": Schedule.MINUTES,
+            "minutes": minutes,
+            "repeats": -1,
+        },
+    )

@@ -10,6 +10,7 @@ from django.core.files.storage import default_storage
 from rest_framework.test import APIClient
 
 from jobs import services
+from jobs.jsonl import output_line
 from jobs.models import Batch, BatchResult, File
 
 CHAT = "/v1/chat/completions"
@@ -99,15 +100,13 @@ def custom_ids(lines):
 
 def save_results(batch, lines_and_ids, payload=None):
     """Saved results as a crashed worker would leave them, with the batch's counters."""
-    from workers import responses
-
     rows = [
         BatchResult(
             batch=batch,
             line=line,
             custom_id=custom_id,
             is_error=False,
-            text=json.dumps(payload or responses.output_line(custom_id, {"object": "chat.completion", "usage": {}})),
+            text=json.dumps(payload or output_line(custom_id, {"object": "chat.completion", "usage": {}})),
         )
         for line, custom_id in lines_and_ids
     ]

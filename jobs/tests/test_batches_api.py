@@ -88,7 +88,7 @@ def test_create_enqueues_the_batch_once_committed(
     create_batch, input_file, monkeypatch, django_capture_on_commit_callbacks
 ):
     queued = []
-    monkeypatch.setattr("workers.queueing.enqueue_batch", queued.append)
+    monkeypatch.setattr("jobs.queueing.enqueue_batch", queued.append)
     with django_capture_on_commit_callbacks(execute=True) as callbacks:
         body = create_batch(input_file.id).json()
     assert len(callbacks) == 1
@@ -97,7 +97,7 @@ def test_create_enqueues_the_batch_once_committed(
 
 def test_refused_create_enqueues_nothing(create_batch, input_file, monkeypatch, django_capture_on_commit_callbacks):
     queued = []
-    monkeypatch.setattr("workers.queueing.enqueue_batch", queued.append)
+    monkeypatch.setattr("jobs.queueing.enqueue_batch", queued.append)
     with django_capture_on_commit_callbacks(execute=True):
         create_batch(input_file.id, endpoint="/v1/nope")
     assert queued == []

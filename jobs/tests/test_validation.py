@@ -1,10 +1,12 @@
-"""Validation of a batch input file (workers.runner.validate_batch over jobs.validation)."""
+"""Validation of a batch input file: jobs.services.batch_validate over jobs.validation, with the
+model registry's answer (workers.selectors.model_problem) as the worker passes it."""
 
 import pytest
 
 from jobs.models import Batch
+from jobs.services import batch_validate
 from workers.models import RegisteredModel
-from workers.runner import validate_batch
+from workers.selectors import model_problem
 
 from .factories import (
     CHAT,
@@ -19,7 +21,7 @@ from .factories import (
 
 def validate(user, lines, endpoint=CHAT):
     batch = make_batch(user, lines, endpoint=endpoint)
-    ok = validate_batch(batch)
+    ok = batch_validate(batch=batch, model_problem=lambda name: model_problem(name, endpoint))
     batch.refresh_from_db()
     assert ok == (batch.status == "in_progress")
     return batch
@@ -155,12 +157,12 @@ def test_inactive_model_is_not_found(user):
 
 def test_embedding_model_cannot_serve_chat(user):
     error = only_error(validate(user, [chat_request("a", model="tiny-embed")]))
-    assert error == {**error, "code": "invalid_value", "param": "body.model"}
+    assert error == {**error, "code": "model_not_supported", "param": "body.model"}
 
 
 def test_generative_model_cannot_serve_embeddings(user):
     error = only_error(validate(user, [embedding_request("a", model="tiny-llama")], endpoint=EMBEDDINGS))
-    assert error == {**error, "code": "invalid_value", "param": "body.model"}
+    assert error == {**error, "code": "model_not_supported", "param": "body.model"}
 
 
 def test_all_requests_must_name_the_same_model(user):
@@ -212,7 +214,7 @@ def test_reported_errors_are_capped(user):
 def test_validation_leaves_a_finished_batch_alone(user):
     batch = make_batch(user, ["nope"])
     Batch.objects.filter(pk=batch.pk).update(status="cancelled")
-    validate_batch(batch)
+    batch_validate(batch=batch, model_problem=lambda name: model_problem(name, CHAT))
     batch.refresh_from_db()
     assert batch.status == "cancelled"
     assert batch.errors is None

@@ -347,7 +347,6 @@ def test_start_with_push_when_done_enqueues_the_push_on_commit(tiny, monkeypatch
     pushed = []
     monkeypatch.setattr(bulk, "_enqueue_push", lambda batch_id, delay=0: pushed.append(batch_id))
     monkeypatch.setattr("jobs.queueing.enqueue_batch", lambda batch_id: None, raising=False)
-    monkeypatch.setattr("workers.queueing.enqueue_batch", lambda batch_id: None, raising=False)
     project = make_project(tiny)
     with django_capture_on_commit_callbacks(execute=True):
         batch = bulk.predict_start(project=project, client=FakeLabelStudio([task(1, "a")]), push_when_done=True).batch

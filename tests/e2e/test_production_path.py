@@ -8,7 +8,7 @@ import psycopg
 import pytest
 import redis
 
-from batchsite.devstack import Stack
+from devtools.devstack import Stack
 
 from .conftest import chat_request, read_lines, submit, wait_finished, wait_for
 

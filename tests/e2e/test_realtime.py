@@ -8,7 +8,7 @@ import httpx
 import openai
 import pytest
 
-from batchsite.devstack import Stack
+from devtools.devstack import Stack
 
 from .conftest import chat_request, read_lines, submit, wait_finished, wait_for
 

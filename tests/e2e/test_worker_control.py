@@ -7,7 +7,7 @@ import time
 import psutil
 import pytest
 
-from batchsite.devstack import PROJECT_DIR, PYTHON
+from devtools.devstack import PROJECT_DIR, PYTHON
 
 from .conftest import chat_request, submit, wait_finished, wait_for
 

@@ -4,6 +4,7 @@ import pytest
 
 # The same user and registered models as the jobs tests.
 from jobs.tests.conftest import chat_model, embedding_model, user  # noqa: F401
+from workers import state
 
 from .fakes import EngineStub
 
@@ -11,18 +12,16 @@ from .fakes import EngineStub
 @pytest.fixture(autouse=True)
 def no_vllm():
     """These tests must never load the engine: it takes seconds and a GPU."""
-    before = {"vllm", "workers.engine"} & set(sys.modules)
+    before = {"vllm", "workers.engine.vllm_engine"} & set(sys.modules)
     yield
-    assert {"vllm", "workers.engine"} & set(sys.modules) == before
+    assert {"vllm", "workers.engine.vllm_engine"} & set(sys.modules) == before
 
 
 @pytest.fixture(autouse=True)
 def no_stop_request():
-    from workers.lifecycle import stop_requested
-
-    stop_requested.clear()
+    state.stop_requested.clear()
     yield
-    stop_requested.clear()
+    state.stop_requested.clear()
 
 
 @pytest.fixture
@@ -33,5 +32,5 @@ def small_chunks(settings):
 @pytest.fixture
 def engine(monkeypatch):
     stub = EngineStub()
-    monkeypatch.setattr("workers.engine_host.engine_for", stub.engine_for)
+    monkeypatch.setattr("workers.engine.host.engine_for", stub.engine_for)
     return stub

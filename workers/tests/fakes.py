@@ -1,9 +1,9 @@
-"""A fake engine with the interface of workers.engine.Engine, for tests without vLLM."""
+"""A fake engine with the interface of workers.engine.vllm_engine.Engine, for tests without vLLM."""
 
 from contextlib import contextmanager
 
 from jobs.tests.factories import CHAT_MODEL
-from workers.engine_types import Choice, Embedding, Generation
+from workers.engine.types import Choice, Embedding, Generation
 
 
 def prompt_text(item):
@@ -24,7 +24,7 @@ def echo(item):
 
 
 class FakeEngine:
-    """Stands in for workers.engine.Engine: pulls items lazily, as vLLM's loop does,
+    """Stands in for workers.engine.vllm_engine.Engine: pulls items lazily, as vLLM's loop does,
     and records what it was given."""
 
     def __init__(self, name, respond=echo, before_result=None, vectors=None):
@@ -63,7 +63,7 @@ class FakeEngine:
 
 
 class EngineStub:
-    """Replaces workers.engine_host.engine_for: one FakeEngine per model name."""
+    """Replaces workers.engine.host.engine_for: one FakeEngine per model name."""
 
     def __init__(self):
         self.fakes = {}

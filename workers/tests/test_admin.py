@@ -9,8 +9,9 @@ from django.urls import reverse
 from django.utils import timezone
 
 from jobs.tests.factories import chat_request, make_batch
-from workers import heartbeat, selectors, services
+from workers import selectors, services
 from workers.models import RegisteredModel, Worker, WorkerCommand
+from workers.runtime import heartbeat
 
 from . import factories
 
@@ -27,7 +28,7 @@ OFFLINE_AGE = 70
 def heartbeat_and_short_wait(settings, monkeypatch):
     settings.VLLM_BATCH = {**settings.VLLM_BATCH, "HEARTBEAT_SECONDS": 10}
     # Actions wait two heartbeats for the worker's answer; nothing answers here.
-    monkeypatch.setattr("workers.admin.command_wait_seconds", lambda: 0.2)
+    monkeypatch.setattr("workers.console.admin.command_wait_seconds", lambda: 0.2)
 
 
 def make_worker(pid=4242, hostname=REMOTE, **fields):

@@ -9,8 +9,8 @@ import sys
 import textwrap
 import time
 
-from batchsite.devstack import PROJECT_DIR
-from workers.cluster_stop import set_event_bounded
+from devtools.devstack import PROJECT_DIR
+from workers.runtime.cluster_stop import set_event_bounded
 
 CONTEXT = multiprocessing.get_context("fork")
 
@@ -68,7 +68,7 @@ def test_event_set_keeps_an_earlier_alarm():
 STOP_SCRIPT = textwrap.dedent(
     """
     import json, subprocess, sys, time, types
-    from workers.cluster_stop import stop_cluster
+    from workers.runtime.cluster_stop import stop_cluster
     # A child that ignores SIGTERM and never exits on its own, and one that exits at once.
     ignore_term = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)"
     stubborn = subprocess.Popen([sys.executable, "-c", ignore_term])

@@ -6,7 +6,7 @@ import time
 import pytest
 
 from jobs.tests.factories import CHAT_MODEL, EMBEDDING_MODEL
-from workers import engine_host
+from workers.engine import host as engine_host
 
 
 class LoadedEngine:

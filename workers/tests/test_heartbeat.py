@@ -4,8 +4,10 @@ import time
 
 import pytest
 
-from workers import engine_host, heartbeat, state
+from workers import state
+from workers.engine import host as engine_host
 from workers.models import WorkerCommand
+from workers.runtime import heartbeat
 
 from .factories import make_worker
 
@@ -85,7 +87,7 @@ def test_poke_wakes_the_heartbeat_before_its_interval(monkeypatch):
         deadline = time.monotonic() + 5
         while not beats and time.monotonic() < deadline:
             time.sleep(0.01)
-        heartbeat.poke()
+        state.poke()
         while len(beats) < 2 and time.monotonic() < deadline:
             time.sleep(0.01)
         assert len(beats) == 2

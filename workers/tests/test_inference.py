@@ -4,10 +4,11 @@ import pytest
 
 from batchsite.errors import ApiError
 from jobs.tests.factories import CHAT_MODEL
-from workers import inference, realtime
-from workers.engine_types import Choice, EngineError, Generation, TokenLogprob
+from workers import inference
+from workers.engine.types import Choice, EngineError, Generation, TokenLogprob
+from workers.realtime import server as realtime
 
-from .test_realtime_api import FakeEngine, live_worker  # noqa: F401
+from .test_realtime import FakeEngine, live_worker  # noqa: F401
 
 
 class ScoringEngine(FakeEngine):

@@ -2,7 +2,7 @@ import logging
 
 import pytest
 
-from workers import logs
+from workers.console import logs
 
 PAGE = "/admin/worker-logs"
 CONTENT = "/admin/worker-logs/content"
@@ -15,7 +15,7 @@ def record(level, message):
 
 @pytest.fixture
 def log_dir(settings, tmp_path):
-    settings.LOG_DIR = tmp_path
+    settings.VLLM_BATCH = {**settings.VLLM_BATCH, "LOG_DIR": tmp_path}
     return tmp_path
 
 
@@ -150,8 +150,7 @@ def test_download_of_a_log_not_written_yet_is_a_404(admin_client, log_dir):
 
 
 def test_the_viewer_still_shows_the_tail_after_the_real_handler_rolls_over(admin_client, settings, log_dir):
-    settings.LOG_MAX_BYTES = 2000
-    settings.LOG_BACKUPS = 2
+    settings.VLLM_BATCH = {**settings.VLLM_BATCH, "LOG_MAX_BYTES": 2000, "LOG_BACKUPS": 2}
     handler = logs.file_handler("worker")
     handler.addFilter(logs.BatchIdFilter())
     handler.setFormatter(logging.Formatter(settings.LOGGING["formatters"]["line"]["format"]))

@@ -5,7 +5,9 @@ import time
 
 import pytest
 
-from workers import logs, runner
+from jobs import leases
+from workers import runner
+from workers.console import logs
 
 
 def write_lines(path, lines, mode="w"):
@@ -188,7 +190,7 @@ def test_follow_stops_after_its_timeout(tmp_path):
 
 
 def test_log_path_only_knows_the_two_logs(settings, tmp_path):
-    settings.LOG_DIR = tmp_path
+    settings.VLLM_BATCH = {**settings.VLLM_BATCH, "LOG_DIR": tmp_path}
 
     assert logs.log_path() == tmp_path / "worker.log"
     assert logs.log_path("web") == tmp_path / "web.log"
@@ -197,7 +199,7 @@ def test_log_path_only_knows_the_two_logs(settings, tmp_path):
 
 
 def test_cluster_processes_write_worker_log_and_others_web_log(settings, tmp_path, monkeypatch):
-    settings.LOG_DIR = tmp_path / "logs"
+    settings.VLLM_BATCH = {**settings.VLLM_BATCH, "LOG_DIR": tmp_path / "logs"}
     monkeypatch.setattr("sys.argv", ["manage.py", "qcluster"])
     handler = logs.file_handler()
     handler.close()
@@ -210,8 +212,8 @@ def test_cluster_processes_write_worker_log_and_others_web_log(settings, tmp_pat
 
 
 def test_test_settings_keep_logs_out_of_the_repository(settings):
-    assert str(settings.LOG_DIR).startswith(str(settings.VAR_DIR))
-    assert "vllm-batch-test-" in str(settings.LOG_DIR)
+    assert str(settings.VLLM_BATCH["LOG_DIR"]).startswith(str(settings.VLLM_BATCH["VAR_DIR"]))
+    assert "vllm-batch-test-" in str(settings.VLLM_BATCH["LOG_DIR"])
 
 
 def capture_lines():
@@ -241,7 +243,7 @@ def test_records_carry_the_batch_id_while_a_batch_runs():
 def test_process_batch_runs_in_its_batch_context(monkeypatch):
     seen = []
     monkeypatch.setattr(runner, "close_old_connections", lambda: None)
-    monkeypatch.setattr(runner, "claim", lambda batch_id, holder: seen.append(logs.current_batch.get()))
+    monkeypatch.setattr(leases, "claim", lambda batch_id, holder: seen.append(logs.current_batch.get()))
 
     assert runner.process_batch("batch_xyz", holder="host:1") == "skipped"
     assert seen == ["batch_xyz"]

@@ -2,7 +2,7 @@
 
 import pytest
 
-from workers.params import ParamError, chat_messages, completion_prompts, embedding_inputs, sampling_kwargs
+from workers.bodies.params import ParamError, chat_messages, completion_prompts, embedding_inputs, sampling_kwargs
 
 CHAT = "/v1/chat/completions"
 COMPLETIONS = "/v1/completions"

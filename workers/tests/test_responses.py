@@ -1,10 +1,10 @@
-"""workers.responses: response bodies and batch output lines, field by field against OpenAI's shapes."""
+"""workers.bodies.responses: response bodies, field by field against OpenAI's shapes."""
 
 import base64
 import struct
 
-from workers import responses
-from workers.engine_types import Choice, Embedding, Generation, TokenLogprob
+from workers.bodies import responses
+from workers.engine.types import Choice, Embedding, Generation, TokenLogprob
 
 
 def generation(*texts, prompt_tokens=5, logprobs=None):
@@ -182,43 +182,3 @@ def test_usage_of_reads_input_and_output_tokens():
     assert responses.usage_of(responses.chat_completion(generation("a b"), "m")) == (5, 2)
     assert responses.usage_of(responses.embedding_list([Embedding(3, [0.0])], "m")) == (3, 0)
     assert responses.usage_of({"error": {}}) == (0, 0)
-
-
-# -- batch output lines -------------------------------------------------------
-
-
-def test_output_line_shape():
-    body = {"object": "chat.completion"}
-    line = responses.output_line("req-1", body)
-    assert set(line) == {"id", "custom_id", "response", "error"}
-    assert line["id"].startswith("batch_req_")
-    assert line["custom_id"] == "req-1"
-    assert line["error"] is None
-    assert set(line["response"]) == {"status_code", "request_id", "body"}
-    assert line["response"]["status_code"] == 200
-    assert isinstance(line["response"]["request_id"], str) and line["response"]["request_id"]
-    assert line["response"]["body"] is body
-
-
-def test_request_error_line_puts_the_error_in_the_response_body():
-    line = responses.request_error_line("req-2", "Bad temperature.", code="invalid_value", param="body.temperature")
-    assert line["custom_id"] == "req-2"
-    assert line["error"] is None
-    assert line["response"]["status_code"] == 400
-    assert line["response"]["body"] == {
-        "error": {
-            "message": "Bad temperature.",
-            "type": "invalid_request_error",
-            "param": "body.temperature",
-            "code": "invalid_value",
-        }
-    }
-
-
-def test_batch_error_line_has_no_response():
-    line = responses.batch_error_line("req-3", "Window expired.", "batch_expired")
-    assert set(line) == {"id", "custom_id", "response", "error"}
-    assert line["id"].startswith("batch_req_")
-    assert line["custom_id"] == "req-3"
-    assert line["response"] is None
-    assert line["error"] == {"code": "batch_expired", "message": "Window expired."}

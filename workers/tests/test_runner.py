@@ -25,7 +25,7 @@ from jobs.tests.factories import (
     save_results,
 )
 from workers import state
-from workers.engine_types import Choice, EngineDead, EngineError, Generation
+from workers.engine.types import Choice, EngineDead, EngineError, Generation
 from workers.models import RegisteredModel
 from workers.runner import process_batch, validate_batch
 
@@ -283,7 +283,7 @@ def test_resume_counts_blank_lines_like_validation(user, chat_model, engine):
 def test_a_used_up_time_slice_saves_progress_and_queues_the_rest(user, chat_model, engine, settings, monkeypatch):
     settings.VLLM_BATCH = {**settings.VLLM_BATCH, "TASK_SLICE_SECONDS": 0}
     queued = []
-    monkeypatch.setattr("workers.queueing.enqueue_batch", queued.append)
+    monkeypatch.setattr("jobs.queueing.enqueue_batch", queued.append)
     ids = ["a", "b", "c", "d", "e"]
     batch = make_batch(user, [chat_request(i) for i in ids])
 
@@ -305,7 +305,7 @@ def test_a_used_up_time_slice_saves_progress_and_queues_the_rest(user, chat_mode
 
 def test_a_realtime_swap_request_makes_the_batch_hand_back_at_the_next_chunk(user, chat_model, engine, monkeypatch):
     queued = []
-    monkeypatch.setattr("workers.queueing.enqueue_batch", queued.append)
+    monkeypatch.setattr("jobs.queueing.enqueue_batch", queued.append)
     ids = ["a", "b", "c", "d", "e"]
     batch = make_batch(user, [chat_request(i) for i in ids])
     with state.swap_wanted():
@@ -319,10 +319,10 @@ def test_a_realtime_swap_request_makes_the_batch_hand_back_at_the_next_chunk(use
 
 def test_a_batch_waiting_for_the_engine_is_handed_back_when_cancelled(user, chat_model, monkeypatch):
     """A model held for realtime requests keeps the batch waiting; a cancel ends the wait."""
-    from workers import engine_host
+    from workers.engine import host as engine_host
 
     queued = []
-    monkeypatch.setattr("workers.queueing.enqueue_batch", queued.append)
+    monkeypatch.setattr("jobs.queueing.enqueue_batch", queued.append)
     seen = []
 
     @contextmanager
@@ -412,16 +412,16 @@ def test_a_batch_cancelled_before_it_ran_never_reaches_the_engine(user, chat_mod
 
 
 def test_a_cancel_during_validation_of_a_bad_file_still_ends_the_batch(user, chat_model, engine, monkeypatch):
-    from workers import runner
+    from jobs import services
 
-    real_validate_input = runner.validate_input
+    real_validate_input = services.validate_input
 
     def validate_input_then_cancel(*args, **kwargs):
         result = real_validate_input(*args, **kwargs)
         Batch.objects.filter(pk=batch.pk).update(status="cancelling", cancelling_at=timezone.now())
         return result
 
-    monkeypatch.setattr(runner, "validate_input", validate_input_then_cancel)
+    monkeypatch.setattr(services, "validate_input", validate_input_then_cancel)
     batch = make_batch(user, [chat_request("a"), "not json"])
     assert run(batch) == "cancelled"
     assert batch.status == "cancelled"
@@ -592,7 +592,7 @@ def test_a_large_embeddings_batch_is_embedded_chunk_by_chunk(user, embedding_mod
 
 
 def test_a_result_saved_twice_keeps_the_first_line(user, chat_model):
-    from workers.runner import _insert_results
+    from jobs.services import _insert_results
 
     batch = make_batch(user, [chat_request("a")])
     _insert_results(batch.pk, [(1, "a", False, '{"first": true}')])
@@ -614,7 +614,7 @@ def dies_after(pulled_limit):
 
 def test_a_dead_engine_hands_the_batch_back_keeping_what_finished(user, chat_model, engine, monkeypatch):
     queued = []
-    monkeypatch.setattr("workers.queueing.enqueue_batch", queued.append)
+    monkeypatch.setattr("jobs.queueing.enqueue_batch", queued.append)
     engine.fake(before_result=dies_after(3))
     ids = ["a", "b", "c", "d", "e"]
     batch = make_batch(user, [chat_request(i) for i in ids])

@@ -8,7 +8,7 @@ from datetime import datetime
 import pytest
 from django.core.management import CommandError, call_command
 
-from workers import logs
+from workers.console import logs
 from workers.models import WorkerCommand
 
 from .factories import make_worker

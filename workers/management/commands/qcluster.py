@@ -1,10 +1,10 @@
 """django-q2's qcluster, with a stop that is prompt for busy workers and bounded
-whoever got the signal (workers/cluster_stop.py)."""
+whoever got the signal (workers/runtime/cluster_stop.py)."""
 
 from django_q.cluster import Cluster
 from django_q.management.commands.qcluster import Command as QClusterCommand
 
-from workers.cluster_stop import install_stop_handlers
+from workers.runtime.cluster_stop import install_stop_handlers
 
 
 class Command(QClusterCommand):

@@ -3,7 +3,7 @@ import json
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-from workers import control
+from workers.console import control, logs
 
 
 class Command(BaseCommand):
@@ -13,7 +13,7 @@ class Command(BaseCommand):
         sub = parser.add_subparsers(dest="action", required=True)
         status = sub.add_parser("status", help="Workers, the web API and the queue. Exit 1 when no worker is online.")
         status.add_argument("--json", action="store_true", help="Machine-readable output.")
-        status.add_argument("--api-url", default=settings.VLLM_BATCH_API_URL)
+        status.add_argument("--api-url", default=settings.VLLM_BATCH["API_URL"])
         for name, text in (
             ("restart", "Restart the worker process; it reloads its model."),
             ("clear-gpu", "Unload the model and free device memory; the worker stays up."),
@@ -27,11 +27,11 @@ class Command(BaseCommand):
             action.add_argument("--timeout", type=float, default=None, help="Seconds --wait waits at most.")
             if name == "kill":
                 action.add_argument("--yes", action="store_true", help="Confirm the kill.")
-        logs = sub.add_parser("logs", help="Show the worker log.")
-        logs.add_argument("--tail", type=int, default=100)
-        logs.add_argument("--follow", action="store_true")
-        logs.add_argument("--grep", help="Only lines matching this pattern (regex, case-insensitive).")
-        logs.add_argument("--log", default="worker", choices=["worker", "web"])
+        log = sub.add_parser("logs", help="Show the worker log.")
+        log.add_argument("--tail", type=int, default=100)
+        log.add_argument("--follow", action="store_true")
+        log.add_argument("--grep", help="Only lines matching this pattern (regex, case-insensitive).")
+        log.add_argument("--log", default="worker", choices=["worker", "web"])
 
     def handle(self, action, **options):
         if action == "status":
@@ -58,8 +58,6 @@ class Command(BaseCommand):
             raise SystemExit(1)
 
     def logs(self, options):
-        from workers import logs
-
         path = logs.log_path(options["log"])
         lines = logs.tail(path, max(1, min(options["tail"], 100_000)))
         if options["grep"]:

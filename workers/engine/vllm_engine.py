@@ -1,8 +1,10 @@
 """The vLLM engine, behind one module: load, generate, embed, unload.
 
-Nothing else in the project imports vllm, so the web process never pays for it
+Nothing else in the project imports vllm (workers/engine/host.py imports this
+module when a worker first loads a model), so the web process never pays for it
 and swapping or upgrading the engine is a change to this file alone. Results
-come back as plain dataclasses; workers/responses.py turns them into OpenAI bodies.
+come back as plain dataclasses (engine/types.py); workers/bodies/responses.py
+turns them into OpenAI bodies.
 """
 
 import gc
@@ -16,21 +18,25 @@ import time
 import uuid
 from collections.abc import Iterable, Iterator
 
+from concurrent_log_handler import ConcurrentRotatingFileHandler
+from django.conf import settings
+
 # vLLM reads these at import; safe defaults for a CPU host, ignored on CUDA.
-os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", os.environ.get("VLLM_BATCH_CPU_KVCACHE_GIB", "2"))
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(settings.VLLM_BATCH["CPU_KVCACHE_GIB"]))
 os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
 os.environ.setdefault("VLLM_DO_NOT_TRACK", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import torch
 import vllm
 from vllm.platforms import current_platform
 from vllm.pooling_params import PoolingParams
 from vllm.sampling_params import RequestOutputKind, SamplingParams, StructuredOutputsParams
 from vllm.v1.engine.exceptions import EngineDeadError
 
-from .engine_types import (
+from .types import (
     Choice,
     Embedding,
     EngineDead,
@@ -46,8 +52,6 @@ logger = logging.getLogger(__name__)
 def _share_log_files():
     # vLLM's "vllm" logger keeps its own stdout handler and does not propagate: give
     # it the worker's log file too, so the log viewer shows the engine's messages.
-    from concurrent_log_handler import ConcurrentRotatingFileHandler
-
     vllm_logger = logging.getLogger("vllm")
     for handler in logging.getLogger().handlers:
         if isinstance(handler, ConcurrentRotatingFileHandler) and handler not in vllm_logger.handlers:
@@ -229,8 +233,6 @@ class Engine:
         del llm
         gc.collect()
         try:
-            import torch
-
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
         except Exception:

@@ -8,9 +8,10 @@ import pytest
 from django.utils import timezone
 
 from jobs.tests.factories import CHAT_MODEL, EMBEDDING_MODEL, make_client
-from workers import realtime, realtime_api
-from workers.engine_types import Choice, Generation
+from workers.engine.types import Choice, Generation
 from workers.models import Worker
+from workers.realtime import client as realtime_api
+from workers.realtime import server as realtime
 
 CHAT_BODY = {"model": CHAT_MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4}
 

@@ -1,7 +1,8 @@
 """Starts and stops a whole vllm-batch on this machine: web server and worker cluster.
 
-Used by the demo and the end-to-end tests, so both run exactly what a user runs:
-`manage.py migrate`, gunicorn, `manage.py qcluster`. Every wait here is bounded.
+Used by the demo, the end-to-end tests and the benchmarks, so all run what a user
+runs: `manage.py migrate`, gunicorn, `manage.py qcluster`, with the product's
+settings plus devtools' commands (devtools/settings.py). Every wait here is bounded.
 """
 
 import os
@@ -16,10 +17,13 @@ from pathlib import Path
 
 import psutil
 
-from workers.processes import kill_all
+from workers.runtime.processes import kill_all
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
+# A stack keeps its state in its own var dir: where the caller's environment
+# points the product's database, broker, files or logs elsewhere, it is not passed on.
+OWN_STATE = ("DATABASE_URL", "REDIS_URL", "VLLM_BATCH_FILES_ROOT", "VLLM_BATCH_LOG_DIR")
 
 
 def free_port():
@@ -54,9 +58,9 @@ class Stack:
         self.var_dir.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
         self.env = {
-            **os.environ,
+            **{name: value for name, value in os.environ.items() if name not in OWN_STATE},
             "VLLM_BATCH_VAR_DIR": str(self.var_dir),
-            "DJANGO_SETTINGS_MODULE": "batchsite.settings",
+            "DJANGO_SETTINGS_MODULE": "devtools.settings",
         }
         self.env.update(env or {})
         self.web = None

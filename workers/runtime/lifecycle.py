@@ -2,7 +2,7 @@
 
 On SIGTERM the worker stops within one chunk: the runner saves what is done,
 hands the batch back to the queue, and the process exits; the engine is shut
-down on the way out (engine_host registers that), so stop never hangs on
+down on the way out (engine/host.py registers that), so stop never hangs on
 vLLM's child processes.
 """
 
@@ -11,38 +11,32 @@ import multiprocessing.util
 import os
 import signal
 import socket
-import threading
+
+from django.conf import settings
+from django.db import close_old_connections
+from django.db.models import Q
+
+from jobs import leases
+
+from .. import selectors, state
+from ..engine import host as engine_host
+from ..models import Worker, WorkerCommand
+from ..realtime import server as realtime_server
+from .heartbeat import HeartbeatThread
 
 logger = logging.getLogger(__name__)
 
-stop_requested = threading.Event()
-_busy = threading.Event()
-
 
 def _on_sigterm(signum, frame):
-    from . import state
-    from .models import Worker
-
-    stop_requested.set()
+    state.stop_requested.set()
     state.set_state(Worker.State.STOPPING, state.get()["batch_id"])
-    logger.info("worker got signal %s: stopping %s", signum, "after this chunk" if _busy.is_set() else "now")
-    if not _busy.is_set():
+    busy = state.is_busy()
+    logger.info("worker got signal %s: stopping %s", signum, "after this chunk" if busy else "now")
+    if not busy:
         raise SystemExit(0)
 
 
-def request_stop():
-    """Stops this worker like SIGTERM does, from any thread."""
-    stop_requested.set()
-    if not _busy.is_set():
-        # Only the main thread can leave the task loop: let the signal handler do it.
-        os.kill(os.getpid(), signal.SIGTERM)
-
-
 def _mark_stopped(name):
-    from django.db import close_old_connections
-
-    from .models import Worker
-
     try:
         Worker.objects.filter(name=name).update(state=Worker.State.STOPPED, current_batch=None)
     except Exception:
@@ -53,12 +47,6 @@ def _mark_stopped(name):
 
 def _reload_after_restart():
     """Loads the model the restarted predecessor had, so a restart keeps the worker warm."""
-    from django.conf import settings
-    from django.db.models import Q
-
-    from . import engine_host
-    from .models import RegisteredModel, WorkerCommand
-
     command = (
         WorkerCommand.objects.filter(
             action=WorkerCommand.Action.RESTART,
@@ -73,40 +61,21 @@ def _reload_after_restart():
         reload_model=""
     ):
         return
-    model = RegisteredModel.objects.filter(name=command.reload_model, is_active=True).first()
+    model = selectors.model_get_active(command.reload_model)
     if model is not None:
         logger.info("reloading %s after restart", model.name)
         engine_host.get_engine(model)
 
 
 def on_worker_spawn(sender, proc_name=None, **kwargs):
-    from . import realtime
-    from .heartbeat import HeartbeatThread
-    from .watchdog import requeue_stale_batches
-
     signal.signal(signal.SIGTERM, _on_sigterm)
-    realtime.start()
+    realtime_server.start()
     heartbeat = HeartbeatThread()
     heartbeat.start()
     multiprocessing.util.Finalize(None, _mark_stopped, args=(heartbeat.name_,), exitpriority=50)
     try:
-        requeue_stale_batches()
+        leases.requeue_stale_batches()
         _reload_after_restart()
     except Exception:
         logger.exception("worker start-up step failed")
-    from . import state
-    from .models import Worker
-
     state.set_state(Worker.State.IDLE)
-
-
-class busy:
-    """Marks the worker busy while a task runs; exits after it if a stop came."""
-
-    def __enter__(self):
-        _busy.set()
-
-    def __exit__(self, *exc):
-        _busy.clear()
-        if stop_requested.is_set():
-            raise SystemExit(0)

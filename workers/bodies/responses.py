@@ -1,4 +1,6 @@
-"""OpenAI response bodies and batch output lines from the engine's plain results."""
+"""OpenAI response bodies from the engine's plain results (no vLLM, no Django).
+
+The batch files' lines that wrap them are jobs.jsonl's."""
 
 import base64
 import os
@@ -128,28 +130,3 @@ def usage_of(body):
     """(input_tokens, output_tokens) of a response body, for the batch's usage totals."""
     usage = body.get("usage") or {}
     return usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0)
-
-
-def output_line(custom_id, body, status_code=200):
-    return {
-        "id": f"batch_req_{_hex()}",
-        "custom_id": custom_id,
-        "response": {"status_code": status_code, "request_id": _hex(), "body": body},
-        "error": None,
-    }
-
-
-def request_error_line(custom_id, message, *, code, param=None, status_code=400, error_type="invalid_request_error"):
-    """A request that failed on its own: OpenAI writes the error as the response body."""
-    body = {"error": {"message": message, "type": error_type, "param": param, "code": code}}
-    return output_line(custom_id, body, status_code)
-
-
-def batch_error_line(custom_id, message, code):
-    """A request the batch never ran (e.g. the window expired)."""
-    return {
-        "id": f"batch_req_{_hex()}",
-        "custom_id": custom_id,
-        "response": None,
-        "error": {"code": code, "message": message},
-    }

@@ -1,3 +1,5 @@
+"""The operations console in Django admin: models, workers (heartbeat card, Restart, Clear GPU, Kill), commands."""
+
 import time
 
 from django.conf import settings
@@ -10,8 +12,8 @@ from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.text import capfirst
 
-from . import selectors, services
-from .models import RegisteredModel, Worker, WorkerCommand
+from .. import selectors, services
+from ..models import RegisteredModel, Worker, WorkerCommand
 
 FRESHNESS_COLOURS = {
     Worker.Freshness.ONLINE: "#2e7d32",

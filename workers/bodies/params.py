@@ -1,4 +1,7 @@
-"""OpenAI request bodies to plain engine arguments (no vLLM import here).
+"""OpenAI request bodies to plain engine arguments (no vLLM, no Django).
+
+The web checks realtime bodies with these before asking a worker; the batch
+runner and the realtime server build the engine's requests from them.
 
 `sampling_kwargs` returns keyword arguments for vllm.SamplingParams, with the
 structured-output request under the key "structured_outputs" as a plain dict for
@@ -201,3 +204,11 @@ def chat_messages(body):
         if not isinstance(message, dict) or "role" not in message:
             raise ParamError(f"messages[{i}] must be an object with a 'role'.", f"messages.{i}", "invalid_type")
     return messages
+
+
+# Chat-template options of a chat body that vLLM takes beside the messages.
+CHAT_OPTION_KEYS = ("chat_template_kwargs", "add_generation_prompt", "continue_final_message", "tools")
+
+
+def chat_options(body):
+    return {key: body[key] for key in CHAT_OPTION_KEYS if key in body}

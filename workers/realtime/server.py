@@ -1,16 +1,14 @@
 """The worker's realtime endpoint: a small HTTP server in the worker process that
 runs single requests on the engine the worker holds, alongside a running batch.
 
-Only the web process talks to it: it listens on 127.0.0.1 unless
-VLLM_BATCH_REALTIME_HOST says otherwise, and every request must carry this
+Only the web process talks to it: it listens on 127.0.0.1 unless the
+REALTIME_HOST setting says otherwise, and every request must carry this
 process's random token, which the heartbeat writes to the Worker row with the URL.
-The answer is newline-delimited JSON: {"chunk": ...} lines when streaming, then
-one {"done": body} or {"error": {...}} line.
+The protocol is workers/realtime/wire.py's.
 """
 
 import json
 import logging
-import os
 import secrets
 import threading
 import time
@@ -18,13 +16,18 @@ import uuid
 from contextlib import ExitStack, contextmanager, nullcontext
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from . import engine_host, heartbeat, responses, state
-from . import params as P
-from .engine_types import EngineDead, EngineError, GenerateItem
+from django.conf import settings
+from django.db import close_old_connections
+
+from .. import selectors, state
+from ..bodies import params as P
+from ..bodies import responses
+from ..engine import host as engine_host
+from ..engine.types import EngineDead, EngineError, GenerateItem
+from . import wire
 
 logger = logging.getLogger(__name__)
 
-TOKEN_HEADER = "X-Realtime-Token"
 _server = None
 _token = secrets.token_urlsafe(24)
 
@@ -32,7 +35,7 @@ _token = secrets.token_urlsafe(24)
 class RealtimeFailure(Exception):
     def __init__(self, status, code, message, param=None):
         super().__init__(message)
-        self.error = {"status": status, "code": code, "message": message, "param": param}
+        self.error = wire.error(status, code, message, param)
 
 
 def url():
@@ -50,8 +53,8 @@ def start():
     """Starts the server on a daemon thread; the heartbeat publishes its URL."""
     global _server
     if _server is None:
-        host = os.environ.get("VLLM_BATCH_REALTIME_HOST", "127.0.0.1")
-        _server = ThreadingHTTPServer((host, int(os.environ.get("VLLM_BATCH_REALTIME_PORT", "0"))), Handler)
+        address = (settings.VLLM_BATCH["REALTIME_HOST"], settings.VLLM_BATCH["REALTIME_PORT"])
+        _server = ThreadingHTTPServer(address, Handler)
         _server.daemon_threads = True
         threading.Thread(target=_server.serve_forever, name="realtime", daemon=True).start()
         logger.info("realtime server on %s", url())
@@ -68,12 +71,8 @@ def _engine_for(model, swap, deadline):
                 raise RealtimeFailure(503, "model_not_loaded", f"This worker does not hold the model '{model}'.")
             yield engine
         return
-    from django.db import close_old_connections
-
-    from .models import RegisteredModel
-
     try:
-        registered = RegisteredModel.objects.filter(name=model, is_active=True).first()
+        registered = selectors.model_get_active(model)
     finally:
         close_old_connections()
     if registered is None:
@@ -90,19 +89,15 @@ def _engine_for(model, swap, deadline):
                     504, "timeout", "The model swap did not happen within the request's timeout."
                 ) from None
         if swapping:
-            heartbeat.poke()
+            state.poke()
         yield engine
 
 
 def _items(kind, body):
     try:
-        sampling = P.sampling_kwargs(body, "/v1/chat/completions" if kind == "chat" else "/v1/completions")
+        sampling = P.sampling_kwargs(body, wire.KIND_ENDPOINTS[kind])
         if kind == "chat":
-            options = {
-                key: body[key]
-                for key in ("chat_template_kwargs", "add_generation_prompt", "continue_final_message", "tools")
-                if key in body
-            }
+            options = P.chat_options(body)
             return [GenerateItem(key=0, sampling=sampling, chat=P.chat_messages(body), chat_options=options)]
         return [GenerateItem(key=i, sampling=sampling, prompt=p) for i, p in enumerate(P.completion_prompts(body))]
     except P.ParamError as exc:
@@ -232,7 +227,7 @@ class Handler(BaseHTTPRequestHandler):
         logger.debug("realtime %s", format % args)
 
     def do_POST(self):
-        if not secrets.compare_digest(self.headers.get(TOKEN_HEADER, ""), _token):
+        if not secrets.compare_digest(self.headers.get(wire.TOKEN_HEADER, ""), _token):
             self.send_error(403)
             return
         request = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
@@ -258,12 +253,12 @@ class Handler(BaseHTTPRequestHandler):
         except EngineDead:
             logger.exception("the engine died during a realtime request")
             message = "The engine holding this model stopped; try again shortly."
-            self._line({"error": {"status": 503, "code": "model_not_loaded", "message": message, "param": None}})
+            self._line({"error": wire.error(503, "model_not_loaded", message)})
         except (BrokenPipeError, ConnectionResetError):
             logger.info("realtime client went away; request aborted")
         except Exception as exc:
             logger.exception("realtime request failed")
-            self._line({"error": {"status": 500, "code": "engine_error", "message": str(exc), "param": None}})
+            self._line({"error": wire.error(500, "engine_error", str(exc))})
 
     def _line(self, payload):
         self.wfile.write(json.dumps(payload).encode() + b"\n")

@@ -5,6 +5,7 @@ import logging
 import os
 
 import psutil
+import pynvml
 
 logger = logging.getLogger(__name__)
 _nvml = None
@@ -14,11 +15,9 @@ def _nvml_handles():
     global _nvml
     if _nvml is None:
         try:
-            import pynvml
-
             pynvml.nvmlInit()
             _nvml = (pynvml, [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(pynvml.nvmlDeviceGetCount())])
-        except Exception:  # no driver, no library, no GPU
+        except Exception:  # no driver or no GPU
             _nvml = (None, [])
     return _nvml
 

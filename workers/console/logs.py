@@ -53,19 +53,22 @@ def process_log_name():
 def log_path(name="worker"):
     if name not in LOG_NAMES:
         raise ValueError(f"unknown log {name!r}; choose one of {', '.join(LOG_NAMES)}")
-    return Path(settings.LOG_DIR) / f"{name}.log"
+    return Path(settings.VLLM_BATCH["LOG_DIR"]) / f"{name}.log"
 
 
 def file_handler(name=None):
     """The rotating file handler LOGGING installs; settings are read when logging is
-    configured, so the test settings' temporary LOG_DIR applies."""
+    configured, so the test settings' temporary log directory applies."""
     # Several processes append to one file (the cluster's main, sentinel, workers and
     # monitor; gunicorn's workers): the stdlib handler would let each rotate on its own
     # and lose records, this one takes a lock file around every write and rollover.
     path = log_path(name or process_log_name())
     path.parent.mkdir(parents=True, exist_ok=True)
     return ConcurrentRotatingFileHandler(
-        str(path), maxBytes=settings.LOG_MAX_BYTES, backupCount=settings.LOG_BACKUPS, encoding="utf-8"
+        str(path),
+        maxBytes=settings.VLLM_BATCH["LOG_MAX_BYTES"],
+        backupCount=settings.VLLM_BATCH["LOG_BACKUPS"],
+        encoding="utf-8",
     )
 
 

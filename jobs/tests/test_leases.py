@@ -1,19 +1,19 @@
-"""workers.watchdog: requeueing batches whose worker died or went quiet."""
+"""jobs.leases: the watchdog's requeueing of batches whose worker died or went quiet."""
 
 import datetime
 
 import pytest
 from django.utils import timezone
 
+from jobs import leases
 from jobs.models import Batch
 from jobs.tests.factories import chat_request, dead_holder, live_holder, make_batch
-from workers import watchdog
 
 
 @pytest.fixture
 def queued(monkeypatch):
     calls = []
-    monkeypatch.setattr("workers.watchdog.enqueue_batch", calls.append)
+    monkeypatch.setattr("jobs.queueing.enqueue_batch", calls.append)
     return calls
 
 
@@ -32,7 +32,7 @@ def hold(batch, **fields):
 
 def test_batch_of_a_dead_local_worker_is_requeued_at_once(batch, queued):
     hold(batch, claimed_by=dead_holder(), heartbeat_at=timezone.now())
-    assert watchdog.requeue_stale_batches() == [batch.pk]
+    assert leases.requeue_stale_batches() == [batch.pk]
     assert queued == [batch.pk]
     batch.refresh_from_db()
     assert batch.claimed_by == ""
@@ -42,12 +42,12 @@ def test_batch_of_a_dead_local_worker_is_requeued_at_once(batch, queued):
 
 def test_batch_of_a_dead_finalizer_is_requeued(batch, queued):
     hold(batch, claimed_by=f"finalizer:{dead_holder()}", heartbeat_at=timezone.now())
-    assert watchdog.requeue_stale_batches() == [batch.pk]
+    assert leases.requeue_stale_batches() == [batch.pk]
 
 
 def test_batch_with_a_live_local_lease_is_left_alone(batch, queued):
     hold(batch, claimed_by=live_holder(), heartbeat_at=timezone.now())
-    assert watchdog.requeue_stale_batches() == []
+    assert leases.requeue_stale_batches() == []
     assert queued == []
     batch.refresh_from_db()
     assert batch.claimed_by == live_holder()
@@ -55,26 +55,26 @@ def test_batch_with_a_live_local_lease_is_left_alone(batch, queued):
 
 def test_fresh_lease_of_another_host_is_left_alone(batch, queued):
     hold(batch, claimed_by="some-other-host:1234", heartbeat_at=timezone.now())
-    assert watchdog.requeue_stale_batches() == []
+    assert leases.requeue_stale_batches() == []
     assert queued == []
 
 
 def test_batch_whose_heartbeat_went_stale_is_requeued(batch, queued, settings):
     hold(batch, claimed_by="some-other-host:1234", heartbeat_at=stale_time(settings))
-    assert watchdog.requeue_stale_batches() == [batch.pk]
+    assert leases.requeue_stale_batches() == [batch.pk]
     assert queued == [batch.pk]
 
 
 def test_unclaimed_batch_quiet_for_long_is_requeued_once_per_period(batch, queued, settings):
     Batch.objects.filter(pk=batch.pk).update(updated_at=stale_time(settings))
-    assert watchdog.requeue_stale_batches() == [batch.pk]
+    assert leases.requeue_stale_batches() == [batch.pk]
     # Requeueing counts as activity: the next round waits for the new task.
-    assert watchdog.requeue_stale_batches() == []
+    assert leases.requeue_stale_batches() == []
     assert queued == [batch.pk]
 
 
 def test_a_just_created_batch_is_left_to_its_queued_task(batch, queued):
-    assert watchdog.requeue_stale_batches() == []
+    assert leases.requeue_stale_batches() == []
     assert queued == []
 
 
@@ -84,7 +84,7 @@ def test_finished_batches_are_never_requeued(user, chat_model, queued, settings)
         Batch.objects.filter(pk=batch.pk).update(
             status=status, claimed_by=dead_holder(), heartbeat_at=stale_time(settings), updated_at=stale_time(settings)
         )
-    assert watchdog.requeue_stale_batches() == []
+    assert leases.requeue_stale_batches() == []
     assert queued == []
 
 
@@ -94,22 +94,4 @@ def test_every_active_status_is_watched(user, chat_model, queued, settings):
         batch = make_batch(user, [chat_request("a")])
         Batch.objects.filter(pk=batch.pk).update(status=status, heartbeat_at=stale_time(settings))
         ids.append(batch.pk)
-    assert watchdog.requeue_stale_batches() == sorted(ids)
-
-
-def test_watchdog_task_runs_the_watchdog(batch, queued):
-    from workers.tasks import watchdog_task
-
-    hold(batch, claimed_by=dead_holder(), heartbeat_at=timezone.now())
-    assert watchdog_task() == [batch.pk]
-
-
-def test_ensure_schedule_keeps_one_schedule(db):
-    from django_q.models import Schedule
-
-    watchdog.ensure_schedule(1)
-    watchdog.ensure_schedule(5)
-    (schedule,) = Schedule.objects.filter(name="vllm-batch watchdog")
-    assert schedule.func == "workers.tasks.watchdog_task"
-    assert schedule.minutes == 5
-    assert schedule.repeats == -1
+    assert leases.requeue_stale_batches() == sorted(ids)

@@ -1,6 +1,6 @@
 from django.core.management.base import BaseCommand
 
-from workers.tiny_model import build_tiny_model
+from devtools.tiny_model import build_tiny_model
 
 
 class Command(BaseCommand):

@@ -12,15 +12,27 @@ from django.conf import settings
 from django.db import close_old_connections
 from django.utils import timezone
 
-from . import engine_host, memory, realtime, state
-from .models import Worker, WorkerCommand
+from jobs import leases
+
+from .. import state
+from ..engine import host as engine_host
+from ..models import Worker, WorkerCommand
+from ..realtime import server as realtime_server
+from . import memory
 from .processes import kill_all
 
 logger = logging.getLogger(__name__)
 
 
 def worker_name():
-    return f"{socket.gethostname()}:{os.getpid()}"
+    """A worker is named as it holds batch leases (host:pid), so a batch's holder names its worker."""
+    return leases.holder_name()
+
+
+def _shown_state(current):
+    if engine_host.loading_model_name() and current["state"] != Worker.State.STOPPING:
+        return Worker.State.LOADING
+    return current["state"]
 
 
 def beat(name, started_at):
@@ -30,13 +42,13 @@ def beat(name, started_at):
         "hostname": socket.gethostname(),
         "pid": os.getpid(),
         "cluster_name": settings.Q_CLUSTER.get("name", ""),
-        "state": current["state"],
+        "state": _shown_state(current),
         "current_model": engine_host.loaded_model_name() or engine_host.loading_model_name() or "",
         "current_batch_id": current["batch_id"],
         "started_at": started_at,
         "last_seen": now,
-        "realtime_url": realtime.url(),
-        "realtime_token": realtime.token(),
+        "realtime_url": realtime_server.url(),
+        "realtime_token": realtime_server.token(),
         **memory.snapshot(),
     }
     worker, _ = Worker.objects.update_or_create(name=name, defaults=fields)
@@ -57,8 +69,6 @@ def _kill_self():
 
 def carry_out(command):
     """Acts on one command inside the worker process."""
-    from .lifecycle import request_stop
-
     WorkerCommand.objects.filter(pk=command.pk).update(
         status=WorkerCommand.Status.ACKNOWLEDGED, acknowledged_at=timezone.now()
     )
@@ -74,7 +84,7 @@ def carry_out(command):
         model = engine_host.loaded_model_name() or ""
         _finish(command, WorkerCommand.Status.DONE, f"restarting pid {os.getpid()}", reload_model=model)
         state.handback["restart"] = command.pk
-        request_stop()
+        state.request_stop()
     elif command.action == WorkerCommand.Action.KILL:
         _finish(command, WorkerCommand.Status.DONE, f"killed pid {os.getpid()}")
         close_old_connections()
@@ -111,28 +121,16 @@ def pending_commands(name):
     return list(WorkerCommand.objects.filter(worker__name=name, status=WorkerCommand.Status.PENDING).order_by("pk"))
 
 
-_running = None
-
-
-def poke():
-    """Writes the heartbeat now, not at the next interval (after a model swap, say)."""
-    if _running is not None:
-        _running.wake_event.set()
-
-
 class HeartbeatThread(threading.Thread):
+    """Beats every interval, and at once when state.poke() asks."""
+
     def __init__(self, interval=None):
         super().__init__(name="heartbeat", daemon=True)
         self.interval = interval or settings.VLLM_BATCH["HEARTBEAT_SECONDS"]
         self.stop_event = threading.Event()
-        self.wake_event = threading.Event()
+        self.wake_event = state.beat_now
         self.name_ = worker_name()
         self.started_at = timezone.now()
-
-    def start(self):
-        global _running
-        _running = self
-        super().start()
 
     def run(self):
         while not self.stop_event.is_set():

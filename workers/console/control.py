@@ -5,11 +5,12 @@ import urllib.request
 
 from django.conf import settings
 from django.utils import timezone
+from django_q.brokers import get_broker
 
 from jobs.models import Batch
 
-from . import selectors, services
-from .models import Worker, WorkerCommand
+from .. import selectors, services
+from ..models import Worker, WorkerCommand
 
 ACTIONS = {
     "restart": WorkerCommand.Action.RESTART,
@@ -30,8 +31,6 @@ def api_answers(url, timeout=3.0):
 
 
 def queued_tasks():
-    from django_q.brokers import get_broker
-
     try:
         return get_broker().queue_size()
     except Exception:  # a broker that is down must not break `status`

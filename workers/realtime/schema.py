@@ -1,5 +1,5 @@
 """The realtime endpoints' bodies, for the OpenAPI schema only: the views pass the
-body on to the worker, which validates it (workers/params.py) as batches do."""
+body on to the worker, which validates it (workers/bodies/params.py) as batches do."""
 
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema, extend_schema_view

@@ -1,0 +1,123 @@
+"""Who works on a batch: the lease a worker holds while it runs one.
+
+A holder is named `host:pid` (a worker's Worker row has the same name). The
+lease is kept fresh by a thread (LeaseKeeper), taken over once it goes stale,
+and freed at once when its holder died on this host; the watchdog puts such
+batches back on the queue.
+"""
+
+import logging
+import os
+import socket
+import threading
+from datetime import timedelta
+
+import psutil
+from django.conf import settings
+from django.db import close_old_connections
+from django.db.models import Q
+from django.utils import timezone
+
+from . import queueing
+from .models import Batch
+
+logger = logging.getLogger(__name__)
+
+
+def holder_name():
+    """This process as a lease holder: `host:pid`."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def stale_before():
+    return timezone.now() - timedelta(seconds=settings.VLLM_BATCH["STALE_BATCH_SECONDS"])
+
+
+def holder_is_dead_here(holder):
+    """True when the lease holder was a process on this host that no longer runs."""
+    host, _, pid = holder.rpartition(":")
+    if host.rsplit(":", 1)[-1] != socket.gethostname() or not pid.isdigit():
+        return False
+    return not psutil.pid_exists(int(pid))
+
+
+def lease_is_live(batch):
+    if not batch.claimed_by or batch.heartbeat_at is None or batch.heartbeat_at < stale_before():
+        return False
+    return not holder_is_dead_here(batch.claimed_by)
+
+
+def claim(batch_id, holder):
+    """Takes the batch's lease if it is free, ours, or stale. Returns the batch or None."""
+    claimed = (
+        Batch.objects.filter(pk=batch_id, status__in=Batch.ACTIVE)
+        .filter(Q(claimed_by="") | Q(claimed_by=holder) | Q(heartbeat_at__lt=stale_before()) | Q(heartbeat_at=None))
+        .update(claimed_by=holder, heartbeat_at=timezone.now())
+    )
+    return Batch.objects.get(pk=batch_id) if claimed else None
+
+
+def release(batch_id, holder):
+    Batch.objects.filter(pk=batch_id, claimed_by=holder).update(claimed_by="", heartbeat_at=None)
+
+
+class LeaseKeeper:
+    """Keeps the batch's heartbeat fresh from a thread, also while a model loads."""
+
+    def __init__(self, batch_id, holder, interval=None):
+        self.batch_id = batch_id
+        self.holder = holder
+        self.interval = interval or max(1.0, settings.VLLM_BATCH["STALE_BATCH_SECONDS"] / 4)
+        self.stop_event = threading.Event()
+        self.thread = threading.Thread(target=self._run, name=f"lease-{batch_id}", daemon=True)
+
+    def _run(self):
+        while not self.stop_event.wait(self.interval):
+            try:
+                Batch.objects.filter(pk=self.batch_id, claimed_by=self.holder).update(heartbeat_at=timezone.now())
+            except Exception:
+                logger.exception("lease heartbeat failed for %s", self.batch_id)
+            finally:
+                close_old_connections()
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop_event.set()
+        self.thread.join(timeout=5)
+
+
+def reap_dead_leases():
+    """Frees the leases of dead local workers at once, instead of waiting for them to go stale."""
+    freed = []
+    for batch_id, holder in (
+        Batch.objects.filter(status__in=Batch.ACTIVE).exclude(claimed_by="").values_list("pk", "claimed_by")
+    ):
+        if holder_is_dead_here(holder) and Batch.objects.filter(pk=batch_id, claimed_by=holder).update(
+            claimed_by="", heartbeat_at=None
+        ):
+            logger.warning("freed the lease of dead worker %s on batch %s", holder, batch_id)
+            freed.append(batch_id)
+    return freed
+
+
+def stale_batches():
+    """Active batches whose lease is free or stale and whose task may be lost
+    (a worker killed mid-batch, a broker that lost the message)."""
+    quiet_since = stale_before()
+    return Batch.objects.filter(status__in=Batch.ACTIVE).filter(
+        Q(heartbeat_at__lt=quiet_since) | Q(heartbeat_at=None, updated_at__lt=quiet_since)
+    )
+
+
+def requeue_stale_batches():
+    """The watchdog: puts batches no live worker holds back on the queue."""
+    freed = reap_dead_leases()
+    ids = sorted(set(freed) | set(stale_batches().values_list("pk", flat=True)))
+    for batch_id in ids:
+        logger.warning("requeueing stale batch %s", batch_id)
+        Batch.objects.filter(pk=batch_id).update(updated_at=timezone.now())
+        queueing.enqueue_batch(batch_id)
+    return ids
