@@ -16,7 +16,7 @@ test: setup
 	$(PY) -m pytest
 
 test-fast: setup
-	$(PY) -m pytest jobs workers
+	$(PY) -m pytest jobs workers labeling tests/test_import_rules.py
 
 serve: setup
 	$(PY) manage.py migrate --noinput
@@ -31,3 +31,4 @@ bench: setup
 lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports --no-cache

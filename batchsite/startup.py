@@ -10,6 +10,7 @@ import secrets
 from pathlib import Path
 
 from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
 
 
 def _secret_key(path):
@@ -35,5 +36,7 @@ def prepare():
         Path(database["NAME"]).parent.mkdir(parents=True, exist_ok=True)
     # whitenoise serves the admin's files from here, and warns when it is missing.
     Path(settings.STATIC_ROOT).mkdir(parents=True, exist_ok=True)
-    if not settings.SECRET_KEY:
+    try:
+        settings.SECRET_KEY  # noqa: B018  Django refuses an empty key on first use
+    except ImproperlyConfigured:
         settings.SECRET_KEY = _secret_key(settings.SECRET_KEY_FILE)

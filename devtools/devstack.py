@@ -17,7 +17,7 @@ from pathlib import Path
 
 import psutil
 
-from workers.runtime.processes import kill_all
+from workers.processes import kill_all
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable

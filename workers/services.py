@@ -8,7 +8,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from .models import RegisteredModel, Worker, WorkerCommand
-from .runtime.processes import kill_all
+from .processes import kill_all
 
 
 @transaction.atomic

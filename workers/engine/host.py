@@ -63,6 +63,11 @@ def users():
     return _users
 
 
+def waiting():
+    """Callers waiting to swap the engine or unload it."""
+    return _waiting
+
+
 def hold_seconds_left():
     return max(0.0, _hold_until - time.monotonic())
 

@@ -17,9 +17,9 @@ from jobs import leases
 from .. import state
 from ..engine import host as engine_host
 from ..models import Worker, WorkerCommand
+from ..processes import kill_all
 from ..realtime import server as realtime_server
 from . import memory
-from .processes import kill_all
 
 logger = logging.getLogger(__name__)
 

@@ -46,6 +46,18 @@ def in_thread(target):
     return thread
 
 
+def until(predicate, timeout=5.0):
+    """Waits (bounded) until another thread has made `predicate` true."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.005)
+
+
+def swap_waiting():
+    return engine_host.waiting() > 0
+
+
 def test_same_model_is_loaded_once_and_another_swaps_it_out(chat_model, embedding_model, fake_engines):
     with engine_host.engine_for(chat_model) as first:
         pass
@@ -58,18 +70,21 @@ def test_same_model_is_loaded_once_and_another_swaps_it_out(chat_model, embeddin
 
 
 def test_a_swap_waits_until_the_holder_lets_go(chat_model, embedding_model):
+    holding = threading.Event()
     released = threading.Event()
 
     def hold_for_a_while():
         with engine_host.engine_for(chat_model):
+            holding.set()
             released.wait(5)
 
     holder = in_thread(hold_for_a_while)
-    time.sleep(0.1)
+    assert holding.wait(5)
     with pytest.raises(engine_host.EngineBusy):
         take(embedding_model, deadline=time.monotonic() + 0.3)
     assert engine_host.loaded_model_name() == CHAT_MODEL
-    in_thread(lambda: (time.sleep(0.3), released.set()))
+    # The holder lets go once the swap below waits for it.
+    in_thread(lambda: (until(swap_waiting), released.set()))
     with engine_host.engine_for(embedding_model, deadline=time.monotonic() + 5) as engine:
         assert engine.name == EMBEDDING_MODEL
     holder.join(5)
@@ -101,7 +116,7 @@ def test_a_waiting_swap_turns_new_realtime_requests_away(chat_model, embedding_m
     request = in_thread(realtime_request)
     running.wait(5)
     swap = in_thread(lambda: engine_host.get_engine(embedding_model))
-    time.sleep(0.3)
+    until(swap_waiting)
     with engine_host.in_use(CHAT_MODEL) as engine:
         assert engine is None, "a new request would keep delaying the swap"
     done.set()
@@ -146,14 +161,16 @@ def test_a_waiting_batch_stops_waiting_when_interrupted(chat_model, embedding_mo
 def test_unload_waits_for_running_requests_then_frees_the_engine(chat_model, fake_engines):
     engine_host.get_engine(chat_model)
     finished = []
+    running = threading.Event()
 
     def realtime_request():
         with engine_host.in_use(CHAT_MODEL):
-            time.sleep(0.3)
+            running.set()
+            until(swap_waiting)  # the unload below waits for this request
             finished.append(time.monotonic())
 
     request = in_thread(realtime_request)
-    time.sleep(0.05)
+    assert running.wait(5)
     engine_host.unload(wait=5)
     assert finished and time.monotonic() >= finished[0]
     assert engine_host.loaded_model_name() is None

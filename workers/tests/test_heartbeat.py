@@ -1,5 +1,6 @@
 """Commands carried out by the worker's heartbeat thread, with a fake engine."""
 
+import threading
 import time
 
 import pytest
@@ -36,10 +37,11 @@ def clear_gpu_command():
 
 
 def wait_finished(command, timeout=5):
-    deadline = time.monotonic() + timeout
-    while not command.is_finished and time.monotonic() < deadline:
-        time.sleep(0.05)
-        command.refresh_from_db()
+    """The command once the clear-gpu thread that carries it out has ended."""
+    for thread in threading.enumerate():
+        if thread.name == "clear-gpu":
+            thread.join(timeout)
+    command.refresh_from_db()
     return command
 
 
@@ -79,17 +81,20 @@ def test_clear_gpu_while_realtime_requests_keep_running_fails_with_a_reason(chat
 
 def test_poke_wakes_the_heartbeat_before_its_interval(monkeypatch):
     beats = []
-    monkeypatch.setattr(heartbeat, "beat", lambda name, started_at: beats.append(time.monotonic()))
+    beaten = [threading.Event(), threading.Event()]
+
+    def beat(name, started_at):
+        beats.append(time.monotonic())
+        beaten[min(len(beats), 2) - 1].set()
+
+    monkeypatch.setattr(heartbeat, "beat", beat)
     monkeypatch.setattr(heartbeat, "pending_commands", lambda name: [])
     thread = heartbeat.HeartbeatThread(interval=60)
     thread.start()
     try:
-        deadline = time.monotonic() + 5
-        while not beats and time.monotonic() < deadline:
-            time.sleep(0.01)
+        assert beaten[0].wait(5)
         state.poke()
-        while len(beats) < 2 and time.monotonic() < deadline:
-            time.sleep(0.01)
+        assert beaten[1].wait(5)
         assert len(beats) == 2
     finally:
         thread.stop()

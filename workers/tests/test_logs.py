@@ -129,18 +129,33 @@ def test_counts_count_records_not_traceback_lines():
     assert logs.level_of(lines[1]) is None
 
 
-def test_follow_yields_appended_lines_through_a_rotation(tmp_path):
+@pytest.fixture
+def opened(monkeypatch):
+    """Set once follow() has opened the log: lines written after that are new to it."""
+    event = threading.Event()
+    real_open = logs._open
+
+    def open_and_tell(path, at_end):
+        found = real_open(path, at_end)
+        event.set()
+        return found
+
+    monkeypatch.setattr(logs, "_open", open_and_tell)
+    return event
+
+
+def test_follow_yields_appended_lines_through_a_rotation(tmp_path, opened):
     path = tmp_path / "worker.log"
     write_lines(path, ["before following"])
+    second_seen = threading.Event()
 
     def writer():
-        time.sleep(0.3)
+        opened.wait(5)
         write_lines(path, ["first", "second"], mode="a")
-        time.sleep(0.3)
+        second_seen.wait(5)
         with open(path, "a") as f:
             f.write("last before rotation\n")
         path.rename(tmp_path / "worker.log.1")
-        time.sleep(0.3)
         write_lines(path, ["after rotation"])
 
     thread = threading.Thread(target=writer)
@@ -148,6 +163,8 @@ def test_follow_yields_appended_lines_through_a_rotation(tmp_path):
     seen = []
     for line in logs.follow(path, timeout=10, poll=0.05):
         seen.append(line)
+        if line == "second":
+            second_seen.set()
         if line == "after rotation":
             break
     thread.join()
@@ -155,12 +172,12 @@ def test_follow_yields_appended_lines_through_a_rotation(tmp_path):
     assert seen == ["first", "second", "last before rotation", "after rotation"]
 
 
-def test_follow_reads_a_truncated_log_from_its_start(tmp_path):
+def test_follow_reads_a_truncated_log_from_its_start(tmp_path, opened):
     path = tmp_path / "worker.log"
     write_lines(path, ["a long line that makes the file bigger"])
 
     def writer():
-        time.sleep(0.3)
+        opened.wait(5)
         write_lines(path, ["short"])
 
     thread = threading.Thread(target=writer)
