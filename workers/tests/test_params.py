@@ -1,4 +1,4 @@
-"""workers.params: OpenAI request bodies to engine arguments."""
+"""workers.bodies.params: OpenAI request bodies to engine arguments."""
 
 import pytest
 

@@ -10,7 +10,7 @@ from django.utils import timezone
 from jobs.tests.factories import CHAT_MODEL, EMBEDDING_MODEL, make_client
 from workers.engine.types import Choice, Generation
 from workers.models import Worker
-from workers.realtime import client as realtime_api
+from workers.realtime import client as realtime_client
 from workers.realtime import server as realtime
 
 CHAT_BODY = {"model": CHAT_MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4}
@@ -50,7 +50,7 @@ def worker_says(monkeypatch):
             def __iter__(self):
                 return iter(lines)
 
-        monkeypatch.setattr(realtime_api, "WorkerCall", FakeCall)
+        monkeypatch.setattr(realtime_client, "WorkerCall", FakeCall)
         return sent
 
     return fake
