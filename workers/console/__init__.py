@@ -1,0 +1,1 @@
+"""The operations console: admin pages, `manage.py worker` (control.py), the log files and their viewer."""
