@@ -123,6 +123,9 @@ class LabelStudioServer:
                     "--no-browser",
                     "--internal-host",
                     "127.0.0.1",
+                    # What /setup tells the ML backend as Label Studio's address.
+                    "--host",
+                    self.url,
                     "-p",
                     str(self.port),
                     "--data-dir",
@@ -222,3 +225,40 @@ def ls(label_studio):
 def backend_url(stack):
     """Where Label Studio reaches vllm-batch's ML backend."""
     return stack.base_url.removesuffix("/v1") + "/labelstudio"
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_ready(stack, client):
+    """The worker loads tiny-llama for its first batch; /predict works once its heartbeat says so."""
+    file = client.files.create(
+        file=(
+            "warm.jsonl",
+            b'{"custom_id": "warm", "method": "POST", "url": "/v1/chat/completions", '
+            b'"body": {"model": "tiny-llama", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}}\n',
+        ),
+        purpose="batch",
+    )
+    batch = client.batches.create(input_file_id=file.id, endpoint="/v1/chat/completions", completion_window="24h")
+    deadline = time.monotonic() + 300
+    while client.batches.retrieve(batch.id).status not in ("completed", "failed", "cancelled", "expired"):
+        assert time.monotonic() < deadline, "the warm-up batch did not finish"
+        time.sleep(0.5)
+    headers = {"Authorization": f"Bearer {stack.api_key}"}
+    deadline = time.monotonic() + 60
+    while (
+        httpx.post(
+            f"{stack.base_url}/inference", json={"prompt": "hi", "max_tokens": 1}, headers=headers, timeout=60
+        ).status_code
+        != 200
+    ):
+        assert time.monotonic() < deadline, "no worker announced tiny-llama for realtime"
+        time.sleep(0.5)
+
+
+def project_with_backend(ls, backend_url, title, config, tasks):
+    """A Label Studio project with tasks and vllm-batch connected as its model."""
+    project = ls.create_project(title, config)
+    task_ids = ls.import_tasks(project["id"], [{"data": data} for data in tasks])
+    assert len(task_ids) == len(tasks)
+    backend = ls.connect_ml_backend(project["id"], backend_url, "vllm-batch")
+    return project, task_ids, backend
