@@ -4,7 +4,7 @@ from django import forms
 from django.contrib import admin
 from django.utils.html import format_html, format_html_join
 
-from . import selectors
+from . import bulk, selectors
 from .label_config import LabelConfigError, parse_label_config
 from .models import LabelingProject, PredictionLog
 from .prompts import TemplateError, check_template, effective_templates, preview
@@ -103,6 +103,7 @@ class LabelingProjectAdmin(admin.ModelAdmin):
         ("Times", {"fields": ("created_at", "updated_at")}),
     )
     inlines = [PredictionInline]
+    actions = [bulk.retrieve_predictions_action]
 
     def _config(self, obj):
         try:

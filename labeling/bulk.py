@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from django.conf import settings
+from django.contrib import admin, messages
 from django.contrib.auth import get_user_model
 from django.core.files.base import ContentFile
 from django.db import transaction
@@ -357,3 +358,17 @@ def describe(started):
         f"Batch {started.batch.id}: {started.requests} of {started.tasks} tasks "
         f"({started.already_predicted} already predicted, {started.no_text} without text)."
     )
+
+
+@admin.action(description="Retrieve predictions for every task (as a batch)")
+def retrieve_predictions_action(modeladmin, request, queryset):
+    """Admin action on labeling projects: one batch per project, owned by the admin;
+    the cluster stores the predictions in Label Studio when each batch completes."""
+    for project in queryset.select_related("model"):
+        try:
+            started = predict_start(project=project, owner=request.user, push_when_done=True)
+        except BulkError as exc:
+            modeladmin.message_user(request, str(exc), messages.ERROR)
+            continue
+        note = " Predictions are stored in Label Studio when it completes." if started.batch else ""
+        modeladmin.message_user(request, f"{project}: {describe(started)}{note}", messages.SUCCESS)

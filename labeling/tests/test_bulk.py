@@ -373,3 +373,29 @@ def test_command_predict_and_push(tiny, monkeypatch):
         call_command("labelstudio", "predict", "99")
     with pytest.raises(CommandError, match="No user"):
         call_command("labelstudio", "predict", "7", "--owner", "nobody")
+
+
+def test_admin_action_starts_a_batch_per_project_owned_by_the_admin(
+    tiny, admin_client, admin_user, monkeypatch, django_capture_on_commit_callbacks
+):
+    pushed = []
+    monkeypatch.setattr("jobs.queueing.enqueue_batch", lambda batch_id: None)
+    fake = FakeLabelStudio([task(1, "Great"), task(2, "Bad")])
+    monkeypatch.setattr(bulk, "label_studio_for", lambda project: fake)
+    monkeypatch.setattr(bulk, "_enqueue_push", lambda batch_id, delay=0: pushed.append(batch_id))
+    project = make_project(tiny)
+    no_model = make_project(None, key="8.1")
+    with django_capture_on_commit_callbacks(execute=True):
+        response = admin_client.post(
+            "/admin/labeling/labelingproject/",
+            {"action": "retrieve_predictions_action", "_selected_action": [project.pk, no_model.pk]},
+            follow=True,
+        )
+    shown = [str(m) for m in response.context["messages"]]
+    batch = Batch.objects.get()
+    assert batch.owner == admin_user
+    assert any(
+        f"Batch {batch.id}: 2 of 2 tasks" in m and "stored in Label Studio when it completes" in m for m in shown
+    )
+    assert any("no active model" in m for m in shown)
+    assert pushed == [batch.id]
