@@ -10,6 +10,7 @@ import hashlib
 import json
 import logging
 import math
+import re
 from dataclasses import dataclass
 
 from .label_config import object_text
@@ -20,6 +21,12 @@ logger = logging.getLogger(__name__)
 MAX_SPANS = 16  # entities per NER control and task
 MAX_SPAN_CHARS = 100
 MAX_TEXTAREA_CHARS = 200
+# NER span texts are chosen from the text's word n-grams up to this length, so every
+# span can be placed; texts with more candidates than MAX_SPAN_CANDIDATES get a free
+# (length-bounded) string instead, and spans not found in the text are dropped.
+MAX_SPAN_WORDS = 4
+MAX_SPAN_CANDIDATES = 400
+WORD = re.compile(r"\w+(?:['’.-]\w+)*")
 
 
 @dataclass
@@ -35,6 +42,19 @@ class TaskPrediction:
         return {"result": self.result, "score": self.score, "model_version": model_version}
 
 
+def span_candidates(text):
+    """The word n-grams of `text` (1 to MAX_SPAN_WORDS words, as written, in order
+    of appearance), or None when there are more than MAX_SPAN_CANDIDATES."""
+    words = [(m.start(), m.end()) for m in WORD.finditer(text)]
+    candidates = {}
+    for i, (start, _) in enumerate(words):
+        for _, end in words[i : i + MAX_SPAN_WORDS]:
+            candidates.setdefault(text[start:end], None)
+            if len(candidates) > MAX_SPAN_CANDIDATES:
+                return None
+    return list(candidates)
+
+
 def _control_schema(control, text):
     if control.type == "choices":
         if control.multiple:
@@ -42,10 +62,15 @@ def _control_schema(control, text):
             return {"type": "array", "items": item, "minItems": 1, "maxItems": len(control.labels)}
         return {"type": "string", "enum": list(control.labels)}
     if control.type == "labels":
+        candidates = span_candidates(text)
+        if candidates:
+            span_text = {"type": "string", "enum": candidates}
+        else:
+            span_text = {"type": "string", "minLength": 1, "maxLength": max(1, min(MAX_SPAN_CHARS, len(text)))}
         span = {
             "type": "object",
             "properties": {
-                "text": {"type": "string", "minLength": 1, "maxLength": max(1, min(MAX_SPAN_CHARS, len(text)))},
+                "text": span_text,
                 "label": {"type": "string", "enum": list(control.labels)},
             },
             "required": ["text", "label"],
@@ -94,6 +119,8 @@ def build_request(project, config, templates, task):
         "temperature": project.temperature,
         "max_tokens": project.max_tokens,
         "logprobs": True,
+        # The worker drops logprobs when top_logprobs is 0 (vLLM's "chosen token only").
+        "top_logprobs": 1,
     }
     if project.seed is not None:
         body["seed"] = project.seed

@@ -13,6 +13,7 @@ from labeling.predictions import (
     result_from,
     results_from,
     score_from_logprobs,
+    span_candidates,
     span_offsets,
 )
 
@@ -68,13 +69,28 @@ def test_several_controls_use_a_json_schema_with_enums_and_bounds():
     assert "pattern" not in json.dumps(schema)  # xgrammar refuses it
 
 
-def test_ner_schema_is_a_bounded_list_of_text_and_label():
+def test_ner_schema_is_a_bounded_list_of_spans_from_the_text():
     project, _ = project_for(NER)
-    (request,) = build_requests(project, [{"data": {"text": "Ann went to Rome."}}])
+    (request,) = build_requests(project, [{"data": {"text": "Ann went to New-York, Ann said."}}])
     spans = request["response_format"]["json_schema"]["schema"]["properties"]["label"]
     assert spans["maxItems"] == 16
     assert spans["items"]["properties"]["label"]["enum"] == ["PER", "LOC"]
-    assert spans["items"]["properties"]["text"]["maxLength"] == len("Ann went to Rome.")
+    candidates = spans["items"]["properties"]["text"]["enum"]
+    assert candidates[:4] == ["Ann", "Ann went", "Ann went to", "Ann went to New-York"]
+    assert "New-York, Ann" in candidates and "said" in candidates
+    assert len(candidates) == len(set(candidates))
+
+
+def test_long_ner_texts_get_a_bounded_free_string():
+    assert span_candidates(" ".join(f"w{i}" for i in range(50)))
+    text = " ".join(f"w{i}" for i in range(500))
+    assert span_candidates(text) is None
+    project, _ = project_for(NER)
+    (request,) = build_requests(project, [{"data": {"text": text}}])
+    span_text = request["response_format"]["json_schema"]["schema"]["properties"]["label"]["items"]["properties"][
+        "text"
+    ]
+    assert span_text == {"type": "string", "minLength": 1, "maxLength": 100}
 
 
 def test_a_task_without_its_text_is_not_asked():
