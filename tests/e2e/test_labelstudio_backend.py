@@ -181,6 +181,15 @@ def test_a_hundred_tasks_in_one_predict_answer_well_inside_label_studios_timeout
     assert all(len(e["result"]) == 1 for e in results)
 
 
+def test_a_hundred_multi_control_tasks_answer_inside_label_studios_timeout(stack):
+    # The longest answers: five controls and a free-text comment per task.
+    texts = [f"Answer {i}: restart the router, then call support if it still fails." for i in range(100)]
+    results, elapsed = predict(stack, "106.1700000000", MULTI, tasks_for(texts, key="answer"))
+    print(f"/predict of 100 tasks (5 controls, tiny-llama, CPU): {elapsed:.2f} s")
+    assert elapsed < 90
+    assert all(e["result"] for e in results)
+
+
 def test_no_worker_holding_the_model_is_a_quick_503_with_the_reason(stack, tiny_model_path):
     stack.manage("register_model", "idle-llama", str(tiny_model_path))
     assert call(stack, "/setup", {"project": "105.1700000000", "schema": CHOICES}).status_code == 200
