@@ -87,7 +87,7 @@ class LabelStudioServer:
         self.error = None
         self.times = {}
         self._thread = None
-        self._ready = False
+        self._stopping = False
 
     def start_in_background(self):
         self._thread = threading.Thread(target=self._start, name="label-studio-start", daemon=True)
@@ -113,8 +113,10 @@ class LabelStudioServer:
                 shutil.copytree(template, data_dir)
             env = {k: os.environ[k] for k in INHERITED_ENV if k in os.environ}
             env.update(LABEL_STUDIO_ENV)
+            if self._stopping:
+                return
             self.started_at = time.monotonic()
-            # Label Studio moves to the next port when its port is taken; ready() checks
+            # Label Studio moves to the next port when its port is taken; the wait checks
             # the token on our port, so a stranger's server is never mistaken for it.
             self.proc = subprocess.Popen(
                 [
@@ -144,8 +146,25 @@ class LabelStudioServer:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
+            self._wait_until_answering()
         except Exception as exc:  # reported by ready(), in the test that needs the server
             self.error = exc
+
+    def _wait_until_answering(self):
+        deadline = time.monotonic() + READY_TIMEOUT
+        headers = {"Authorization": f"Token {self.token}"}
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"Label Studio exited with {self.proc.returncode}:\n{self._log_tail()}")
+            try:
+                if httpx.get(f"{self.url}/api/projects/", headers=headers, timeout=5).status_code == 200:
+                    self.times["start"] = time.monotonic() - self.started_at
+                    return
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"Label Studio did not answer within {READY_TIMEOUT} s:\n{self._log_tail()}")
+            time.sleep(0.5)
 
     def _log_tail(self, lines=40):
         try:
@@ -153,37 +172,24 @@ class LabelStudioServer:
         except OSError:
             return "(no log)"
 
-    def ready(self, timeout=READY_TIMEOUT):
-        if self._ready:
-            return self
-        self._thread.join(INSTALL_TIMEOUT)
+    def ready(self):
+        self._thread.join(INSTALL_TIMEOUT + READY_TIMEOUT)
+        if self._thread.is_alive():
+            raise RuntimeError("Label Studio's install and start did not finish in time")
         if self.error is not None:
             raise RuntimeError(f"Label Studio could not be started: {self.error}")
-        deadline = time.monotonic() + timeout
-        headers = {"Authorization": f"Token {self.token}"}
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"Label Studio exited with {self.proc.returncode}:\n{self._log_tail()}")
-            try:
-                if httpx.get(f"{self.url}/api/projects/", headers=headers, timeout=5).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"Label Studio did not answer within {timeout} s:\n{self._log_tail()}")
-            time.sleep(0.5)
-        self.times["start"] = time.monotonic() - self.started_at
-        self._ready = True
         return self
 
     def client(self, **kwargs):
         return LabelStudio(self.url, self.token, **kwargs)
 
     def stop(self):
-        if self._thread is not None:
-            self._thread.join(INSTALL_TIMEOUT)
-        if self.proc is not None and self.proc.poll() is None:
-            stop_tree(self.proc.pid)
+        self._stopping = True
+        for _ in range(2):  # before and after the start thread ends: it may spawn in between
+            if self.proc is not None and self.proc.poll() is None:
+                stop_tree(self.proc.pid)
+            if self._thread is not None:
+                self._thread.join(INSTALL_TIMEOUT + READY_TIMEOUT)
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
