@@ -6,7 +6,7 @@ import time
 import pytest
 
 from .conftest import project_with_backend
-from .test_ml_backend import CLASSIFICATION, REVIEWS, check_choices
+from .test_ml_backend import ANSWERS, CLASSIFICATION, EVALUATION, REVIEWS, check_choices
 
 pytestmark = pytest.mark.e2e
 
@@ -59,6 +59,21 @@ def test_predict_without_waiting_leaves_the_push_to_the_cluster(tiny_llama_ready
     for predictions in stored.values():
         [item] = predictions[0]["result"]
         check_choices(item, "sentiment", LABELS)
+
+
+def test_predict_several_controls_through_a_batch(tiny_llama_ready, stack, ls, backend_url):
+    tasks = [{"question": a["question"], "answer": f"{a['answer']} ({i})"} for i, a in enumerate(ANSWERS * 7)]
+    project, task_ids, _ = project_with_backend(ls, backend_url, "bulk evaluation", EVALUATION, tasks)
+    out = stack.manage("labelstudio", "predict", str(project["id"]), "--wait", "--timeout", "600", timeout=900)
+    assert f"{len(tasks)} predictions stored in Label Studio" in out
+    for task_id, predictions in predictions_by_task(ls, project["id"]).items():
+        assert len(predictions) == 1, f"task {task_id} has {len(predictions)} predictions"
+        items = {item["from_name"]: item for item in predictions[0]["result"]}
+        assert set(items) == {"relevance", "issues", "quality"}
+        check_choices(items["relevance"], "relevance", ["Relevant", "Irrelevant"])
+        check_choices(items["issues"], "issues", ["Factual error", "Rude", "Too long"], multiple=True)
+        assert items["quality"]["value"]["rating"] in range(1, 6)
+        assert 0 <= predictions[0]["score"] <= 1
 
 
 def test_predict_for_an_unknown_project_fails_clearly(tiny_llama_ready, stack):
