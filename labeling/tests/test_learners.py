@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from labeling.learners import PREDICTORS, KnnVote, LogisticVote, MajorityClass, nearest
+from labeling.learners import PREDICTORS, BlendVote, KnnVote, LogisticVote, MajorityClass, nearest
 
 
 def clusters(seed=0, per_class=10, dim=8):
@@ -22,7 +22,7 @@ def queries():
     return [[2, 0.1, 0, 0, 0, 0, 0, 0], [0, 1, 0.1, 0, 0, 0, 0, 0], [0.1, 0, 3, 0, 0, 0, 0, 0]]
 
 
-@pytest.mark.parametrize("make", [LogisticVote, KnnVote, lambda: KnnVote(k=1)])
+@pytest.mark.parametrize("make", [BlendVote, LogisticVote, KnnVote, lambda: KnnVote(k=1)])
 def test_separable_clusters_are_learned(make):
     vectors, labels = clusters()
     predictions = make().fit(vectors, labels).predict(queries())
@@ -30,12 +30,28 @@ def test_separable_clusters_are_learned(make):
     assert all(0.0 <= score <= 1.0 for _, score in predictions)
 
 
-def test_logistic_is_confident_on_clear_cases_and_unsure_between_clusters():
+@pytest.mark.parametrize("make", [BlendVote, LogisticVote])
+def test_confident_on_clear_cases_and_unsure_between_clusters(make):
     vectors, labels = clusters()
-    model = LogisticVote().fit(vectors.tolist(), labels)
+    model = make().fit(vectors.tolist(), labels)
     (_, clear), (_, between) = model.predict([[1, 0, 0, 0, 0, 0, 0, 0], [1, 1, 0, 0, 0, 0, 0, 0]])
     assert clear > 0.6
     assert 1 / 3 <= between < clear
+
+
+def test_blend_mixes_logistic_and_a_similarity_weighted_vote():
+    vectors = [[1, 0], [0, 1], [0.8, 0.6]]
+    labels = ["a", "b", "b"]
+    query = [[1, 0]]
+    blend = BlendVote(k=2, temperature=0.1).fit(vectors, labels)
+    logistic = LogisticVote().fit(vectors, labels).probabilities(query)[0]
+    # the 2 nearest: [1, 0] (a, similarity 1) and [0.8, 0.6] (b, 0.8), weights 1 and e^-2
+    vote_a = 1 / (1 + np.exp(-2))
+    share = 0.5 * 3 / (3 + 50)
+    expected = (1 - share) * logistic + share * np.array([vote_a, 1 - vote_a])
+    assert blend.probabilities(query)[0] == pytest.approx(expected)
+    assert blend.predict(query) == [("a", pytest.approx(expected[0]))]
+    assert blend.probabilities([[0, 1], [1, 1]]).sum(axis=1) == pytest.approx([1.0, 1.0])
 
 
 def test_knn_score_is_the_share_of_votes():
@@ -57,7 +73,7 @@ def test_knn_tie_goes_to_the_more_similar_voters_then_sorted_order():
 
 def test_one_label_only():
     vectors, _ = clusters(per_class=3)
-    for make in (LogisticVote, KnnVote, MajorityClass):
+    for make in (BlendVote, LogisticVote, KnnVote, MajorityClass):
         assert make().fit(vectors, ["pos"] * len(vectors)).predict(queries()) == [("pos", 1.0)] * 3
 
 
@@ -74,18 +90,20 @@ def test_same_examples_give_the_same_predictions():
         assert make().fit(vectors.copy(), list(labels)).predict(noisy) == first
 
 
-def test_refit_follows_new_annotations():
+@pytest.mark.parametrize("make", [BlendVote, LogisticVote])
+def test_refit_follows_new_annotations(make):
     vectors, labels = clusters()
-    model = LogisticVote().fit(vectors, labels)
+    model = make().fit(vectors, labels)
     assert model.predict([[0, 0, 0, 1, 0, 0, 0, 0]])[0][0] != "other"
     more = np.vstack([vectors, np.tile([0, 0, 0, 1, 0, 0, 0, 0], (5, 1))])
     model.fit(more, labels + ["other"] * 5)
     assert model.predict([[0, 0, 0, 1, 0, 0, 0, 0]])[0][0] == "other"
 
 
-def test_length_does_not_matter_only_direction():
+@pytest.mark.parametrize("make", list(PREDICTORS.values()))
+def test_length_does_not_matter_only_direction(make):
     vectors, labels = clusters()
-    model = LogisticVote().fit(vectors, labels)
+    model = make().fit(vectors, labels)
     assert model.predict([[5, 0, 0, 0, 0, 0, 0, 0]]) == model.predict([[0.5, 0, 0, 0, 0, 0, 0, 0]])
 
 
@@ -105,11 +123,13 @@ def test_nearest():
     ],
 )
 def test_bad_examples_are_refused(vectors, labels, message):
-    with pytest.raises(ValueError, match=message):
-        LogisticVote().fit(vectors, labels)
+    for make in PREDICTORS.values():
+        with pytest.raises(ValueError, match=message):
+            make().fit(vectors, labels)
 
 
 def test_query_of_another_dimension_is_refused():
-    model = KnnVote().fit([[1, 0], [0, 1]], ["a", "b"])
-    with pytest.raises(ValueError, match="3 dimensions, the examples have 2"):
-        model.predict([[1, 0, 0]])
+    for make in PREDICTORS.values():
+        model = make().fit([[1, 0], [0, 1]], ["a", "b"])
+        with pytest.raises(ValueError, match="3 dimensions, the examples have 2"):
+            model.predict([[1, 0, 0]])
