@@ -31,8 +31,6 @@ __all__ = [
     "span_metrics",
 ]
 
-SCORED_TYPES = ("choices", "labels", "rating", "number")
-
 
 def _ratio(num, den):
     return num / den if den else None
@@ -340,12 +338,13 @@ def accuracy_by_control(items, *, controls=None):
 
     `items` as for the other functions, with whole results. `controls` is
     {from_name: {"type": "Choices" | "Labels" | "Rating" | "Number" | ..., "labels": [...],
-    "multiple": bool}}: Label Studio's parsed_label_config has that shape, plus
-    "multiple" (Choices with choice="multiple"), which it lacks. Without `controls` the
-    controls are read off the results (a Choices control counts as multiple when some
-    result picks two choices for it).
+    "multiple": bool}}: Label Studio's parsed_label_config has that shape, but not
+    "multiple" (Choices with choice="multiple"). Without `controls`, the controls are
+    read off the results. Without "multiple", a Choices control counts as multiple
+    when some result picks two choices for it.
 
-    Returns {"tasks": tasks with ground truth, "controls": {from_name: figures}}, the
+    Returns {"tasks": tasks with ground truth, "predicted": those of them with a
+    prediction, "missing_predictions", "controls": {from_name: figures}}, the
     figures being those of single_choice_metrics, multi_choice_metrics, span_metrics or
     rating_metrics; a control of another type (TextArea, ...) gets
     {"type": ..., "supported": False}.
@@ -368,4 +367,10 @@ def accuracy_by_control(items, *, controls=None):
             figures[name] = rating_metrics(rows, from_name=name, kind=kind)
         else:
             figures[name] = {"type": kind, "supported": False}
-    return {"tasks": len(rows), "controls": figures}
+    predicted = sum(1 for _, prediction, _ in rows if prediction is not None)
+    return {
+        "tasks": len(rows),
+        "predicted": predicted,
+        "missing_predictions": len(rows) - predicted,
+        "controls": figures,
+    }

@@ -281,7 +281,7 @@ def test_accuracy_by_control_with_the_config():
     }
     items = multi_control_items()
     out = accuracy_by_control(items, controls=controls)
-    assert out["tasks"] == 3
+    assert (out["tasks"], out["predicted"], out["missing_predictions"]) == (3, 2, 1)
     figures = out["controls"]
     assert figures["sentiment"] == single_choice_metrics(items, from_name="sentiment", labels=SENTIMENT)
     assert figures["sentiment"]["accuracy"] == pytest.approx(1 / 3)
@@ -310,7 +310,7 @@ def test_accuracy_by_control_reads_the_controls_off_the_results():
     assert figures["sentiment"]["multiple"] is False
     assert figures["sentiment"]["labels"] == ["Negative", "Neutral", "Positive"]
     assert figures["label"]["type"] == "labels"
-    assert accuracy_by_control([]) == {"tasks": 0, "controls": {}}
+    assert accuracy_by_control([]) == {"tasks": 0, "predicted": 0, "missing_predictions": 0, "controls": {}}
 
 
 @pytest.mark.skipif(not FIXTURES.is_dir(), reason="the shared Label Studio fixtures are not beside the checkout")
