@@ -63,6 +63,7 @@ class File(models.Model):
         BATCH = "batch"
         BATCH_OUTPUT = "batch_output"
         BATCH_ERROR = "batch_error"
+        FINE_TUNE = "fine-tune"
 
     id = models.CharField(primary_key=True, max_length=40, default=new_file_id, editable=False)
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="files")
