@@ -1,10 +1,13 @@
 import hashlib
 import json
 
+from django.conf import settings
 from django.db import models
 
 from .label_config import LabelConfigError, parse_label_config
 from .prompts import effective_templates
+
+MAX_FEW_SHOT_K = 16
 
 
 class LabelingProject(models.Model):
@@ -53,6 +56,28 @@ class LabelingProject(models.Model):
     ground_truth_revision = models.PositiveIntegerField(
         default=0, editable=False, help_text="Goes up on every ground-truth change (caches key on it)."
     )
+    predictor = models.CharField(
+        max_length=20,
+        choices=[
+            ("llm", "LLM (the model and its prompts)"),
+            ("embedding", "Embedding predictor (no LLM; learns from ground truth; one single Choices control)"),
+        ],
+        default="llm",
+        help_text="What /predict answers with.",
+    )
+    few_shot_k = models.PositiveSmallIntegerField(
+        default=0,
+        help_text=f"LLM: the k most similar ground-truth examples go into each prompt (0: off, max {MAX_FEW_SHOT_K}).",
+    )
+    embedding_model = models.ForeignKey(
+        "workers.RegisteredModel",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="labeling_embedding_projects",
+        limit_choices_to={"runner": "pooling"},
+        help_text="Embeds texts for few-shot examples and the embedding predictor; empty: LABEL_STUDIO_EMBEDDING_MODEL",
+    )
     ls_deleted_at = models.DateTimeField(
         null=True, blank=True, help_text="When Label Studio reported the project deleted (PROJECT_DELETED)."
     )
@@ -66,6 +91,9 @@ class LabelingProject(models.Model):
                 condition=models.Q(temperature__gte=0, temperature__lte=2), name="labeling_temperature_range"
             ),
             models.CheckConstraint(condition=models.Q(max_tokens__gte=1), name="labeling_max_tokens_positive"),
+            models.CheckConstraint(
+                condition=models.Q(few_shot_k__lte=MAX_FEW_SHOT_K), name="labeling_few_shot_k_range"
+            ),
         ]
 
     def __str__(self):
@@ -88,10 +116,18 @@ class LabelingProject(models.Model):
         except LabelConfigError:
             return dict(self.prompt_templates or {})
 
+    def embedding_model_name(self):
+        return self.embedding_model.name if self.embedding_model else settings.LABEL_STUDIO_EMBEDDING_MODEL
+
     def compute_model_version(self):
-        digest = hashlib.sha256(
-            json.dumps({"config": self.label_config, "templates": self.templates()}, sort_keys=True).encode()
-        ).hexdigest()[:8]
+        if self.predictor == "embedding":
+            digest = hashlib.sha256(self.label_config.encode()).hexdigest()[:8]
+            return f"{self.embedding_model_name()}@blend@{digest}"
+        described = {"config": self.label_config, "templates": self.templates()}
+        if self.few_shot_k:
+            # Zero-shot projects keep the version they had before few-shot existed.
+            described["few_shot"] = {"k": self.few_shot_k, "embedding_model": self.embedding_model_name()}
+        digest = hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()[:8]
         return f"{self.model.name if self.model else 'no-model'}@{digest}"
 
 
@@ -309,3 +345,24 @@ class TrainingRun(models.Model):
 
     def __str__(self):
         return f"training run {self.pk} ({self.trigger}, {self.status})"
+
+
+class TextEmbedding(models.Model):
+    """The vector one embedding model gives one text. Keyed by the text's hash, so a
+    ground-truth example and a task to predict with the same text share it, and an
+    edited text gets a new one."""
+
+    model_name = models.CharField(max_length=200, help_text="The registered embedding model's name.")
+    text_sha256 = models.CharField(max_length=64)
+    vector = models.BinaryField(help_text="float32, little-endian.")
+    dimensions = models.PositiveIntegerField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        verbose_name = "text embedding"
+        constraints = [
+            models.UniqueConstraint(fields=["model_name", "text_sha256"], name="labeling_text_embedding_unique"),
+        ]
+
+    def __str__(self):
+        return f"{self.model_name} {self.text_sha256[:12]}"
