@@ -4,7 +4,9 @@ from django import forms
 from django.contrib import admin
 from django.utils.html import format_html, format_html_join
 
-from . import bulk, selectors
+from jobs.models import Batch
+
+from . import bulk, push, selectors
 from .label_config import LabelConfigError, parse_label_config
 from .models import LabelingProject, PredictionLog
 from .prompts import TemplateError, check_template, effective_templates, preview
@@ -158,3 +160,9 @@ class PredictionLogAdmin(admin.ModelAdmin):
 
     def has_change_permission(self, request, obj=None):
         return False
+
+
+# jobs may not import labeling, so the Batch admin (registered by jobs, an earlier
+# app in INSTALLED_APPS) gets its Label Studio action from here.
+_batch_admin = admin.site.get_model_admin(Batch)
+_batch_admin.actions = [*_batch_admin.actions, push.push_batches_action]

@@ -2,7 +2,7 @@ from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 
 from jobs.models import Batch
-from labeling import bulk
+from labeling import bulk, push
 
 
 class Command(BaseCommand):
@@ -27,14 +27,28 @@ class Command(BaseCommand):
         predict.add_argument("--owner", help="Username owning the batch (default: the 'labelstudio' service user).")
         push = sub.add_parser("push", help="Store a finished bulk batch's predictions in Label Studio (again).")
         push.add_argument("batch", help="The batch id, e.g. batch_...")
+        push_batch = sub.add_parser(
+            "push-batch",
+            help="Push a finished chat or completions batch to a Label Studio project: a task per request, "
+            "its output as the prediction when valid for the labeling config. Pushing again adds nothing.",
+        )
+        push_batch.add_argument("batch", help="The batch id, e.g. batch_...")
+        push_batch.add_argument(
+            "project", nargs="?", help="Label Studio project id (default: the batch's labelstudio_project metadata)."
+        )
+        push_batch.add_argument(
+            "--data-key", help="The task data key the text goes under (default: the config's first, e.g. text)."
+        )
 
     def handle(self, action, **options):
         try:
             if action == "predict":
                 self.predict(options)
+            elif action == "push-batch":
+                self.push_batch(options)
             else:
                 self.push(options["batch"])
-        except bulk.BulkError as exc:
+        except (bulk.BulkError, push.PushError) as exc:
             raise CommandError(str(exc)) from None
 
     def predict(self, options):
@@ -60,6 +74,13 @@ class Command(BaseCommand):
         if batch is None:
             raise CommandError(f"No batch {batch_id!r}.")
         self.report(bulk.predict_push(batch=batch))
+
+    def push_batch(self, options):
+        batch = Batch.objects.filter(pk=options["batch"]).first()
+        if batch is None:
+            raise CommandError(f"No batch {options['batch']!r}.")
+        report = push.push_batch(batch=batch, project=options["project"], data_key=options["data_key"])
+        self.report(report)
 
     def report(self, pushed):
         self.stdout.write(str(pushed))
