@@ -13,6 +13,7 @@ demo: setup
 test: setup
 	scripts/services
 	scripts/browser
+	scripts/labelstudio >/dev/null
 	$(PY) -m pytest
 
 test-fast: setup

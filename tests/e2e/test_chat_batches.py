@@ -66,6 +66,7 @@ def test_per_request_parameters_are_honoured(client):
             response_format={"type": "json_schema", "json_schema": {"name": "label", "schema": schema}},
         ),
         chat_request("logprobs", "hi", max_tokens=4, logprobs=True, top_logprobs=2),
+        chat_request("logprobs-alone", "hi", max_tokens=4, logprobs=True),
         chat_request("bad-temp", "hi", temperature=9),
     ]
     batch = wait_finished(client, submit(client, requests).id)
@@ -84,6 +85,9 @@ def test_per_request_parameters_are_honoured(client):
     content = out["logprobs"]["choices"][0]["logprobs"]["content"]
     assert len(content) == out["logprobs"]["usage"]["completion_tokens"]
     assert all(len(t["top_logprobs"]) == 2 and t["logprob"] <= 0 for t in content)
+    # `logprobs: true` without top_logprobs still gives the chosen tokens' logprobs, as OpenAI does.
+    alone = out["logprobs-alone"]["choices"][0]["logprobs"]["content"]
+    assert len(alone) == 4 and all(t["top_logprobs"] == [] and t["logprob"] <= 0 for t in alone)
     assert errors["bad-temp"]["response"]["status_code"] == 400
     assert errors["bad-temp"]["response"]["body"]["error"]["param"] == "body.temperature"
 

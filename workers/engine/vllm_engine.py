@@ -91,7 +91,8 @@ def _token_bytes(token):
 
 
 def _logprobs(output, want):
-    if not want or output.logprobs is None:
+    # logprobs=0 still asks for the chosen tokens (OpenAI: `logprobs: true` alone).
+    if want is None or output.logprobs is None:
         return None
     entries = []
     for token_id, position in zip(output.token_ids, output.logprobs, strict=False):
