@@ -106,16 +106,94 @@ def answer_schema(config, data):
     }
 
 
-def build_request(project, config, templates, task):
+# Answers ---------------------------------------------------------------------
+
+
+def _control_answer(control, items, text):
+    """A control's value in the guided answer format from a Label Studio result's
+    items, or None when the result has no valid value for it."""
+    mine = [item for item in items if isinstance(item, dict) and item.get("from_name") == control.name]
+    values = [item.get("value") if isinstance(item.get("value"), dict) else {} for item in mine]
+    if control.type == "choices":
+        chosen = [c for v in values for c in (v.get("choices") or []) if c in control.labels]
+        chosen = list(dict.fromkeys(chosen))
+        if not chosen:
+            return None
+        return chosen if control.multiple else chosen[0]
+    if control.type == "labels":
+        spans = []
+        for value in values:
+            labels = [label for label in (value.get("labels") or []) if label in control.labels]
+            span_text = value.get("text")
+            if (
+                not isinstance(span_text, str)
+                and isinstance(value.get("start"), int)
+                and isinstance(value.get("end"), int)
+            ):
+                span_text = text[value["start"] : value["end"]]
+            if isinstance(span_text, str) and span_text.strip() and labels:
+                spans.append({"text": span_text, "label": labels[0]})
+        return spans[:MAX_SPANS]
+    for value in values:
+        if control.type == "rating":
+            rating = value.get("rating")
+            if isinstance(rating, int) and not isinstance(rating, bool) and 1 <= rating <= control.max_rating:
+                return rating
+        elif control.type == "textarea":
+            texts = value.get("text")
+            texts = [texts] if isinstance(texts, str) else texts
+            written = " ".join(t.strip() for t in (texts or []) if isinstance(t, str) and t.strip())
+            if written:
+                return written[:MAX_TEXTAREA_CHARS]
+        elif control.type == "number":
+            number = value.get("number")
+            if isinstance(number, int | float) and not isinstance(number, bool) and math.isfinite(number):
+                return int(number) if control.integer else number
+    return None
+
+
+def answer_text(config, result, data):
+    """The text the model would write for an annotation's `result` on a task with
+    `data`, in the guided format its requests use: the label for a single single-choice
+    control, else the JSON object with one key per control. None when the result lacks
+    a valid value for a control (an empty NER list is a valid value). Few-shot examples
+    and the fine-tuning export both use it."""
+    items = result if isinstance(result, list) else []
+    answer = {}
+    for control in config.controls:
+        value = _control_answer(control, items, object_text(config.object_for(control), data) or "")
+        if value is None:
+            return None
+        answer[control.name] = value
+    if uses_guided_choice(config):
+        return answer[config.controls[0].name]
+    return json.dumps(answer, ensure_ascii=False, separators=(",", ":"))
+
+
+# Requests --------------------------------------------------------------------
+
+
+def _askable(config, data):
+    return (
+        isinstance(data, dict)
+        and bool(config.controls)
+        and all(object_text(config.object_for(c), data) is not None for c in config.controls)
+    )
+
+
+def build_request(project, config, templates, task, examples=()):
     """The chat body (without `model`) for one task, or None when the task lacks
-    the text its controls are about."""
+    the text its controls are about. `examples` are (task data, answer text) pairs
+    that go before the task as earlier turns of the conversation (few-shot)."""
     data = task.get("data") if isinstance(task, dict) else None
-    if not isinstance(data, dict) or not config.controls:
+    if not _askable(config, data):
         return None
-    if any(object_text(config.object_for(c), data) is None for c in config.controls):
-        return None
+    messages = []
+    for example_data, example_answer in examples:
+        messages.append({"role": "user", "content": build_prompt(config, templates, example_data)})
+        messages.append({"role": "assistant", "content": example_answer})
     body = {
-        "messages": [{"role": "user", "content": build_prompt(config, templates, data)}],
+        "messages": [*messages, {"role": "user", "content": build_prompt(config, templates, data)}],
         "temperature": project.temperature,
         "max_tokens": project.max_tokens,
         "logprobs": True,
@@ -134,11 +212,13 @@ def build_request(project, config, templates, task):
     return body
 
 
-def build_requests(project, tasks, config=None):
-    """One chat body per task, in order (None for a task that cannot be asked)."""
+def build_requests(project, tasks, config=None, examples=None):
+    """One chat body per task, in order (None for a task that cannot be asked).
+    `examples`, when given, holds each task's few-shot (data, answer text) pairs."""
     config = config or project.parsed_config()
     templates = project.templates()
-    return [build_request(project, config, templates, task) for task in tasks]
+    examples = examples or [()] * len(tasks)
+    return [build_request(project, config, templates, t, e) for t, e in zip(tasks, examples, strict=True)]
 
 
 # Scores --------------------------------------------------------------------
