@@ -12,6 +12,7 @@ from batchsite.errors import ApiError
 from workers import inference
 from workers.models import RegisteredModel
 
+from . import embedding_predictor, fewshot
 from . import predictions as P
 from .label_config import log_skipped, parse_label_config
 from .models import LabelingProject, PredictionLog
@@ -93,25 +94,40 @@ def _generations(chat_results):
     ]
 
 
-def predict_tasks(*, project, tasks):
-    """One prediction entry per task, in order, from one inference call for all
-    tasks; each prediction is logged. Raises ApiError (503 no model or no worker
-    holding it, 504 past the timeout) when the call as a whole fails."""
-    config = project.parsed_config()
+def _llm_predictions(project, config, tasks, deadline):
     if project.model is None or not project.model.is_active:
         raise NoModel(
             "No model is set for this Label Studio project: choose one in the vllm-batch admin (Labeling projects).",
             code="model_not_set",
         )
+    # Few-shot examples get half of the time at most (an embedding worker's swap-in included).
+    examples = fewshot.prompt_examples(project, config, tasks, timeout=(deadline - time.monotonic()) / 2)
+    requests = P.build_requests(project, tasks, config, examples)
+    asked = [r for r in requests if r is not None]
+    timeout = max(1.0, deadline - time.monotonic()) if project.few_shot_k else settings.LABEL_STUDIO_PREDICT_TIMEOUT
+    answers = iter(inference.chat(asked, model=project.model.name, timeout=timeout))
+    chat_results = [None if r is None else next(answers) for r in requests]
+    return P.results_from(project, tasks, _generations(chat_results), config)
+
+
+def predict_tasks(*, project, tasks):
+    """One prediction entry per task, in order, from the project's predictor: the
+    LLM (one inference call for all tasks, few-shot examples when the project has
+    them on) or the embedding predictor. Each prediction is logged. Raises ApiError
+    (503 no model or no worker holding it, 504 past the timeout) when the call as a
+    whole fails."""
+    config = project.parsed_config()
     if not project.sample_task_data and tasks and isinstance(tasks[0].get("data"), dict):
         project.sample_task_data = tasks[0]["data"]
         project.save(update_fields=["sample_task_data"])
     started = time.monotonic()
-    requests = P.build_requests(project, tasks, config)
-    asked = [r for r in requests if r is not None]
-    answers = iter(inference.chat(asked, model=project.model.name, timeout=settings.LABEL_STUDIO_PREDICT_TIMEOUT))
-    chat_results = [None if r is None else next(answers) for r in requests]
-    task_predictions = P.results_from(project, tasks, _generations(chat_results), config)
+    deadline = started + settings.LABEL_STUDIO_PREDICT_TIMEOUT
+    if project.predictor == "embedding":
+        task_predictions = embedding_predictor.predict(
+            project, config, tasks, timeout=settings.LABEL_STUDIO_PREDICT_TIMEOUT
+        )
+    else:
+        task_predictions = _llm_predictions(project, config, tasks, deadline)
     latency_ms = round((time.monotonic() - started) * 1000)
     for task, prediction in zip(tasks, task_predictions, strict=True):
         if prediction.error:

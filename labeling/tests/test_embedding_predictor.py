@@ -1,0 +1,154 @@
+"""The embedding predictor through /labelstudio/predict (embeddings faked):
+labels of the config with their probability, its own model_version, a refit when
+the ground truth changes, clear errors; and the held-out comparison."""
+
+import json
+
+import pytest
+
+from labeling import comparison
+from labeling import examples as E
+from labeling.learners import BlendVote
+from labeling.models import Annotation, LabelingProject, PredictionLog
+from workers.models import RegisteredModel
+
+from .fakes import FakeChat
+from .test_fewshot import CHOICES, GROUND_TRUTH, MULTI, FakeEmbed, add_ground_truth, choice
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def project(db):
+    tiny = RegisteredModel.objects.create(name="tiny-llama", path="/models/tiny-llama")
+    project = LabelingProject.objects.create(
+        ls_project="8.1", ls_project_id=8, label_config=CHOICES, model=tiny, predictor="embedding"
+    )
+    for task_id, text, label in GROUND_TRUTH:
+        add_ground_truth(project, task_id, text, label)
+    E._cache.clear()
+    return project
+
+
+@pytest.fixture
+def fake_embed(monkeypatch):
+    fake = FakeEmbed()
+    monkeypatch.setattr("workers.inference.embed", fake)
+    return fake
+
+
+@pytest.fixture
+def fits(monkeypatch):
+    calls = []
+    original = BlendVote.fit
+
+    def fit(self, vectors, labels):
+        calls.append(list(labels))
+        return original(self, vectors, labels)
+
+    monkeypatch.setattr(BlendVote, "fit", fit)
+    return calls
+
+
+def predict(client, tasks, config=CHOICES):
+    body = {"project": "8.1", "label_config": config, "tasks": tasks}
+    return client.post("/labelstudio/predict", data=json.dumps(body), content_type="application/json")
+
+
+def test_predictions_are_the_configs_labels_with_their_probability(client, project, fake_embed, monkeypatch):
+    monkeypatch.setattr("workers.inference.chat", FakeChat())  # never called
+    tasks = [{"id": 20, "data": {"text": "great movie"}}, {"id": 21, "data": {"text": "awful food"}}]
+    response = predict(client, tasks)
+    assert response.status_code == 200
+    body = response.json()
+    assert body["model_version"].startswith("all-MiniLM-L6-v2@blend@")
+    labels = [r["result"][0]["value"]["choices"] for r in body["results"]]
+    assert labels == [["Positive"], ["Negative"]]
+    for entry in body["results"]:
+        (item,) = entry["result"]
+        assert (item["from_name"], item["to_name"], item["type"]) == ("sentiment", "text", "choices")
+        assert 1 / 3 < entry["score"] <= 1 and entry["model_version"] == body["model_version"]
+    assert PredictionLog.objects.filter(model_version=body["model_version"]).count() == 2
+    # The score is the label's probability from BlendVote fitted on the stored vectors.
+    stored = E.stored_vectors("all-MiniLM-L6-v2", [t for _, t, _ in GROUND_TRUTH] + ["great movie"])
+    fitted = BlendVote().fit([stored[t] for _, t, _ in GROUND_TRUTH], [label for _, _, label in GROUND_TRUTH])
+    ((label, score),) = fitted.predict([stored["great movie"]])
+    assert (label, round(score, 6)) == ("Positive", round(body["results"][0]["score"], 6))
+
+
+def test_the_fitted_model_is_reused_until_the_ground_truth_changes(client, project, fake_embed, fits):
+    tasks = [{"id": 30, "data": {"text": "good weather"}}]
+    predict(client, tasks)
+    predict(client, tasks)
+    assert len(fits) == 1
+    add_ground_truth(project, 6, "good good weather", "Positive")
+    add_ground_truth(project, 7, "great weather", "Positive")
+    response = predict(client, tasks)
+    assert len(fits) == 2 and len(fits[1]) == 7
+    assert response.json()["results"][0]["result"][0]["value"]["choices"] == ["Positive"]
+
+
+def test_without_ground_truth_tasks_get_empty_results_with_the_reason(client, project, fake_embed):
+    Annotation.objects.all().delete()
+    LabelingProject.objects.filter(pk=project.pk).update(ground_truth_revision=99)
+    response = predict(client, [{"id": 1, "data": {"text": "good"}}])
+    assert response.status_code == 200 and response.json()["results"][0]["result"] == []
+    assert "no ground truth" in PredictionLog.objects.get().error
+
+
+def test_a_config_it_cannot_predict_is_a_clear_400(client, project, fake_embed):
+    response = predict(client, [{"id": 1, "data": {"answer": "x"}}], config=MULTI)
+    assert response.status_code == 400
+    assert response.json()["code"] == "predictor_not_supported"
+
+
+def test_no_embedding_worker_is_a_503(client, project, monkeypatch):
+    monkeypatch.setattr("workers.inference.embed", FakeEmbed(fail=True))
+    response = predict(client, [{"id": 1, "data": {"text": "good"}}])
+    assert response.status_code == 503 and response.json()["code"] == "model_not_loaded"
+
+
+# The held-out comparison -------------------------------------------------------
+
+
+def test_learning_curve_scores_held_out_tasks_never_shown_as_their_own_examples(project, fake_embed, monkeypatch):
+    for i in range(40):
+        text, label = [("good movie", "Positive"), ("awful food", "Negative"), ("the weather", "Neutral")][i % 3]
+        add_ground_truth(project, 100 + i, f"{text} {i}", label)
+    chat = FakeChat()
+    monkeypatch.setattr("workers.inference.chat", chat)
+    report = comparison.learning_curve(project, sizes=[5, 20, 500], held_out=10, seed=3, k=3)
+    json.dumps(report)
+    assert (report["ground_truth"], report["held_out"], report["pool"]) == (45, 10, 35)
+    assert report["skipped_sizes"] == [500] and [p["size"] for p in report["curve"]] == [5, 20]
+    # Bag-of-words vectors separate the three labels: the embedding predictor learns them.
+    assert report["curve"][1]["embedding"]["accuracy"] == 1.0
+    # The fake LLM answers the first choice: zero-shot and few-shot score its share.
+    assert report["zero_shot"]["controls"]["sentiment"]["tasks"] == 10
+    zero_shot, few_shot_5, few_shot_20 = chat.calls
+    assert all(len(r["messages"]) == 1 for r in zero_shot["requests"])
+    assert all(len(r["messages"]) == 7 for r in few_shot_20["requests"])
+    for call in (few_shot_5, few_shot_20):
+        for request in call["requests"]:
+            task_text = request["messages"][-1]["content"]
+            shown = [m["content"] for m in request["messages"][:-1] if m["role"] == "user"]
+            assert task_text not in shown
+    assert comparison.summary_rows(report)[0][0] == 5
+
+
+def test_learning_curve_refuses_what_it_cannot_compare(project, fake_embed):
+    with pytest.raises(comparison.ComparisonError, match="too few"):
+        comparison.learning_curve(project, held_out=5)
+    with pytest.raises(comparison.ComparisonError, match="Unknown methods"):
+        comparison.learning_curve(project, methods=["magic"])
+
+
+def test_ground_truth_examples_skip_cancelled_deleted_and_unanswerable(project):
+    a = Annotation.objects.get(task__ls_task_id=1)
+    a.deleted_at = a.ground_truth_at
+    a.save()
+    b = Annotation.objects.get(task__ls_task_id=2)
+    b.result = choice("Nope")
+    b.save()
+    config = project.parsed_config()
+    assert [e.task_id for e in E.ground_truth_examples(project, config)] == [3, 4, 5]
