@@ -2,6 +2,7 @@ from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
 from django.http import FileResponse, Http404
 from django.shortcuts import get_object_or_404
+from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 
@@ -24,7 +25,18 @@ class ApiKeyAdmin(admin.ModelAdmin):
         api_key, raw_key = services.api_key_create(owner=obj.owner, name=obj.name)
         obj.pk = api_key.pk
         obj.prefix = api_key.prefix
-        messages.warning(request, f"The new key is {raw_key} - copy it now, it is not shown again.")
+        request.new_raw_api_key = raw_key
+
+    def response_add(self, request, obj, post_url_continue=None):
+        # Shown on the answer to the POST itself: a message would carry the key in
+        # the messages cookie (or the session) until the next page reads it.
+        raw_key = getattr(request, "new_raw_api_key", None)
+        if raw_key is None:
+            return super().response_add(request, obj, post_url_continue)
+        context = {**self.admin_site.each_context(request), "title": "New API key", "api_key": obj, "raw_key": raw_key}
+        response = TemplateResponse(request, "admin/jobs/apikey_created.html", context)
+        response["Cache-Control"] = "no-store"
+        return response
 
 
 def download_links(*labelled_ids):
@@ -105,7 +117,7 @@ class BatchAdmin(admin.ModelAdmin):
             ("input", batch.input_file_id), ("output", batch.output_file_id), ("errors", batch.error_file_id)
         )
 
-    @admin.action(description="Cancel selected batches")
+    @admin.action(description="Cancel selected batches", permissions=["change"])
     def cancel_batches(self, request, queryset):
         for batch in queryset:
             try:

@@ -65,9 +65,11 @@ def _store(file_id, stream):
     return default_storage.save(f"{file_id[5:7]}/{file_id}.jsonl", DjangoFile(stream))
 
 
-@transaction.atomic
 def file_create(*, owner, upload, purpose, filename=None):
-    """Stores an uploaded file. `upload` is any file object; it is streamed, never read whole."""
+    """Stores an uploaded file. `upload` is any file object; it is streamed, never read whole.
+
+    The copy runs outside any transaction (on SQLite one would hold the database's
+    write lock for the whole copy); only the row is saved in one."""
     max_bytes = limits()["MAX_UPLOAD_BYTES"]
     size = getattr(upload, "size", None)
     if size is not None and size > max_bytes:
@@ -89,7 +91,12 @@ def file_create(*, owner, upload, purpose, filename=None):
     file.storage_name = name
     file.bytes = size
     file.line_count = lines
-    file.save()
+    try:
+        with transaction.atomic():
+            file.save()
+    except BaseException:
+        default_storage.delete(name)
+        raise
     return file
 
 

@@ -90,3 +90,32 @@ def test_download_is_for_staff_only(client, user, batch):
 def test_file_list_has_download_links(admin_client, batch):
     page = admin_client.get("/admin/jobs/file/").content.decode()
     assert f'href="{download_url(batch.input_file_id)}"' in page
+
+
+def test_cancel_action_needs_the_change_permission(client, batch):
+    from django.contrib.auth.models import Permission
+
+    staff = get_user_model().objects.create_user(username="viewer", password="pw", is_staff=True)
+    staff.user_permissions.add(Permission.objects.get(codename="view_batch"))
+    client.force_login(staff)
+
+    assert "cancel_batches" not in client.get("/admin/jobs/batch/").content.decode()
+    client.post("/admin/jobs/batch/", {"action": "cancel_batches", "_selected_action": [batch.pk]})
+    batch.refresh_from_db()
+    assert batch.status == "validating"
+
+
+def test_a_new_api_key_is_shown_once_on_the_page_not_in_a_cookie(admin_client, user):
+    from jobs.models import ApiKey, hash_api_key
+
+    response = admin_client.post("/admin/jobs/apikey/add/", {"name": "ci", "owner": user.pk})
+    assert response.status_code == 200
+    assert "no-store" in response["Cache-Control"]
+    page = response.content.decode()
+    api_key = ApiKey.objects.get(name="ci")
+    raw_key = page.split('id="new-api-key"')[1].split('value="')[1].split('"')[0]
+    assert hash_api_key(raw_key) == api_key.key_hash
+    assert raw_key not in str(response.cookies)
+    assert raw_key not in admin_client.get("/admin/jobs/apikey/").content.decode()
+    assert raw_key not in str(admin_client.cookies)
+    assert all(raw_key not in str(value) for value in admin_client.session.values())

@@ -2,7 +2,9 @@
 
 import datetime
 
+import pytest
 from django.core.files.storage import default_storage
+from django.core.files.uploadedfile import SimpleUploadedFile
 from django.utils import timezone
 
 from jobs.models import Batch, File
@@ -283,3 +285,30 @@ def test_delete_the_input_of_a_finished_batch_keeps_the_batch(api, user, chat_mo
     assert api.delete(f"/v1/files/{batch.input_file_id}").status_code == 200
     body = api.get(f"/v1/batches/{batch.id}").json()
     assert body["input_file_id"] == batch.input_file_id
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_upload_copy_runs_outside_any_transaction(monkeypatch):
+    """On SQLite a transaction around the copy would hold the write lock for all of it."""
+    from django.db import connection
+
+    from jobs import services
+
+    from .factories import make_client, make_user
+
+    seen = []
+    real_store = services._store
+
+    def store(file_id, stream):
+        seen.append(connection.in_atomic_block)
+        return real_store(file_id, stream)
+
+    monkeypatch.setattr(services, "_store", store)
+    client = make_client(make_user())
+    body = jsonl([chat_request("a")])
+    response = client.post(
+        "/v1/files", {"file": SimpleUploadedFile("in.jsonl", body), "purpose": "batch"}, format="multipart"
+    )
+    assert response.status_code == 200, response.content
+    assert seen == [False]
+    assert File.objects.get(pk=response.json()["id"]).bytes == len(body)

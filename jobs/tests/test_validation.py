@@ -1,10 +1,13 @@
 """Validation of a batch input file: jobs.services.batch_validate over jobs.validation, with the
 model registry's answer (workers.selectors.model_problem) as the worker passes it."""
 
+import io
+
 import pytest
 
 from jobs.models import Batch
 from jobs.services import batch_validate
+from jobs.validation import MAX_CUSTOM_ID_CHARS, READ_BLOCK, validate_input
 from workers.models import RegisteredModel
 from workers.selectors import model_problem
 
@@ -218,3 +221,158 @@ def test_validation_leaves_a_finished_batch_alone(user):
     batch.refresh_from_db()
     assert batch.status == "cancelled"
     assert batch.errors is None
+
+
+# -- bounded input ---------------------------------------------------------------
+
+
+class CountingStream(io.BytesIO):
+    """A stream that remembers the longest read it was asked for."""
+
+    def __init__(self, data):
+        super().__init__(data)
+        self.largest_read = 0
+
+    def readline(self, size=-1):
+        line = super().readline(size)
+        self.largest_read = max(self.largest_read, len(line))
+        return line
+
+    def __iter__(self):
+        raise AssertionError("lines must be read with a bound, not by iterating")
+
+
+def test_a_line_without_newline_is_read_only_up_to_the_limit(settings):
+    settings.VLLM_BATCH = {**settings.VLLM_BATCH, "MAX_LINE_BYTES": 1000}
+    stream = CountingStream(b"x" * (20 * READ_BLOCK))
+    result = validate_input(stream, CHAT, lambda name: None)
+    assert [(e["code"], e["line"]) for e in result.errors] == [("line_too_long", 1)]
+    assert result.total == 1
+    assert stream.largest_read <= READ_BLOCK
+
+
+def test_lines_after_an_overlong_line_keep_their_numbers(user, settings):
+    settings.VLLM_BATCH = {**settings.VLLM_BATCH, "MAX_LINE_BYTES": 300}
+    batch = validate(user, [chat_request("a"), chat_request("b", content="x" * 5000), "nope", chat_request("c")])
+    assert [(e["code"], e["line"]) for e in batch.errors] == [("line_too_long", 2), ("invalid_json_line", 3)]
+
+
+def test_a_custom_id_at_the_limit_is_accepted(user):
+    assert validate(user, [chat_request("c" * MAX_CUSTOM_ID_CHARS)]).status == "in_progress"
+
+
+def test_a_custom_id_over_the_limit_is_refused_with_its_line(user):
+    error = only_error(validate(user, [chat_request("a"), chat_request("c" * 1000)]))
+    assert error == {**error, "code": "invalid_value", "param": "custom_id", "line": 2}
+    assert "512" in error["message"]
+
+
+def test_a_line_that_makes_a_validator_raise_is_a_line_error(user, monkeypatch):
+    from jobs import validation
+
+    def broken(messages):
+        raise KeyError("surprise")
+
+    monkeypatch.setattr(validation, "_messages_problem", broken)
+    error = only_error(validate(user, [chat_request("a")]))
+    assert error == {**error, "code": "invalid_json_line", "line": 1}
+
+
+def test_deeply_nested_json_is_a_line_error(user):
+    error = only_error(validate(user, [chat_request("a"), "[" * 100_000 + "]" * 100_000]))
+    assert error == {**error, "code": "invalid_json_line", "line": 2}
+
+
+# -- messages as OpenAI checks them ------------------------------------------------
+
+
+@pytest.mark.parametrize("role", ["system", "developer", "user", "assistant", "tool", "function"])
+def test_every_openai_role_is_accepted(user, role):
+    request = chat_request("a")
+    request["body"]["messages"] = [{"role": role, "content": "hi"}]
+    assert validate(user, [request]).status == "in_progress"
+
+
+def test_content_parts_and_an_assistant_tool_call_are_accepted(user):
+    request = chat_request("a")
+    request["body"]["messages"] = [
+        {"role": "user", "content": [{"type": "text", "text": "hi"}]},
+        {"role": "assistant", "content": None, "tool_calls": []},
+    ]
+    assert validate(user, [request]).status == "in_progress"
+
+
+@pytest.mark.parametrize(
+    ("messages", "param"),
+    [
+        ([{"role": "wizard", "content": "hi"}], "body.messages.0.role"),
+        ([{"content": "hi"}], "body.messages.0.role"),
+        ([{"role": "user", "content": "a"}, {"role": 3, "content": "b"}], "body.messages.1.role"),
+        ([{"role": "user"}], "body.messages.0.content"),
+        ([{"role": "user", "content": 42}], "body.messages.0.content"),
+        ([{"role": "user", "content": {"text": "hi"}}], "body.messages.0.content"),
+        ([{"role": "user", "content": ["hi"]}], "body.messages.0.content.0"),
+        ([{"role": "user", "content": [{"text": "hi"}]}], "body.messages.0.content.0"),
+        (["hi"], "body.messages.0"),
+        ([], "body.messages"),
+        ("hi", "body.messages"),
+    ],
+)
+def test_a_bad_message_is_a_line_error(user, messages, param):
+    request = chat_request("a")
+    request["body"]["messages"] = messages
+    error = only_error(validate(user, [chat_request("ok"), request]))
+    assert error == {**error, "code": "invalid_value", "param": param, "line": 2}
+
+
+# -- the malformed-input corpus: every line is a per-line error, never an exception ---
+
+MALFORMED_LINES = [
+    ("not json", "invalid_json_line"),
+    ("{", "invalid_json_line"),
+    ("[1, 2]", "invalid_json_line"),
+    ('"a string"', "invalid_json_line"),
+    ("null", "invalid_json_line"),
+    ("NaN", "invalid_json_line"),
+    (b"\xff\xfe\x00", "invalid_json_line"),
+    (b'{"custom_id": "\xc3"}', "invalid_json_line"),
+    ("[" * 50_000, "invalid_json_line"),
+    ('{"a": ' * 50_000, "invalid_json_line"),
+    ('{"custom_id": "a", "method": "POST", "url": "/v1/chat/completions"}', "missing_required_parameter"),
+    ({**chat_request("a"), "custom_id": ["a"]}, "invalid_value"),
+    ({**chat_request("a"), "custom_id": {"a": 1}}, "invalid_value"),
+    ({**chat_request("a"), "custom_id": "x" * 513}, "invalid_value"),
+    ({**chat_request("a"), "method": None}, "invalid_method"),
+    ({**chat_request("a"), "method": ["POST"]}, "invalid_method"),
+    ({**chat_request("a"), "url": {"u": 1}}, "invalid_url"),
+    ({**chat_request("a"), "body": []}, "invalid_value"),
+    ({**chat_request("a"), "body": "text"}, "invalid_value"),
+    ({**chat_request("a"), "body": {"model": ["tiny-llama"], "messages": []}}, "invalid_request"),
+    ({**chat_request("a"), "body": {"model": "tiny-llama\x00", "messages": [{"role": "user", "content": "x"}]}}, None),
+    ({**chat_request("a"), "body": {"model": "m" * 100_000, "messages": [{"role": "user", "content": "x"}]}}, None),
+    (
+        {**chat_request("a"), "body": {"model": "tiny-llama", "messages": [{"role": "root", "content": "x"}]}},
+        "invalid_value",
+    ),
+    (
+        {**chat_request("a"), "body": {"model": "tiny-llama", "messages": [{"role": "user", "content": 1}]}},
+        "invalid_value",
+    ),
+    ({**chat_request("a"), "body": {"model": "tiny-llama", "messages": None}}, "invalid_value"),
+    (
+        {
+            **chat_request("a"),
+            "body": {"model": "tiny-llama", "messages": [{"role": "user", "content": "x"}], "stream": 1},
+        },
+        "streaming_unsupported",
+    ),
+]
+
+
+@pytest.mark.parametrize(("line", "code"), MALFORMED_LINES, ids=[f"case{i}" for i in range(len(MALFORMED_LINES))])
+def test_malformed_input_corpus(user, line, code):
+    batch = validate(user, [chat_request("first"), line, chat_request("last")])
+    error = only_error(batch)
+    assert error["line"] == 2
+    if code is not None:
+        assert error["code"] == code

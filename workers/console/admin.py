@@ -2,6 +2,7 @@
 
 import time
 
+from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
@@ -14,6 +15,7 @@ from django.utils.text import capfirst
 
 from .. import selectors, services
 from ..models import RegisteredModel, Worker, WorkerCommand
+from .engine_args import refused_engine_args
 
 FRESHNESS_COLOURS = {
     Worker.Freshness.ONLINE: "#2e7d32",
@@ -38,8 +40,32 @@ def command_wait_seconds():
     return 2 * settings.VLLM_BATCH["HEARTBEAT_SECONDS"]
 
 
+class RegisteredModelForm(forms.ModelForm):
+    class Meta:
+        model = RegisteredModel
+        fields = [
+            "name",
+            "path",
+            "runner",
+            "is_active",
+            "max_model_len",
+            "dtype",
+            "gpu_memory_utilization",
+            "tensor_parallel_size",
+            "extra_engine_args",
+        ]
+
+    def clean_extra_engine_args(self):
+        extra = self.cleaned_data["extra_engine_args"]
+        problem = refused_engine_args(extra)
+        if problem:
+            raise forms.ValidationError(problem)
+        return extra
+
+
 @admin.register(RegisteredModel)
 class RegisteredModelAdmin(admin.ModelAdmin):
+    form = RegisteredModelForm
     list_display = ["name", "runner", "path", "max_model_len", "dtype", "gpu_memory_utilization", "is_active"]
     list_filter = ["runner", "is_active", "dtype"]
     search_fields = ["name", "path"]
@@ -132,7 +158,7 @@ class WorkerAdmin(admin.ModelAdmin):
         return False
 
     def has_operate_permission(self, request):
-        return request.user.has_perm("workers.change_worker")
+        return request.user.has_perm("workers.operate_worker")
 
     def get_urls(self):
         heartbeat = path(

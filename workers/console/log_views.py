@@ -1,10 +1,13 @@
 """The admin's log viewer: the end of worker.log or web.log, searchable and refreshed
 while the operator watches. Staff only; log text reaches the page as JSON data and is
-never rendered as HTML."""
+never rendered as HTML. Staff need the workers.view_logs permission too: the logs hold
+prompts and error details of every user."""
 
 import os
+from functools import wraps
 
 from django.contrib import admin
+from django.core.exceptions import PermissionDenied
 from django.http import JsonResponse, StreamingHttpResponse
 from django.template.response import TemplateResponse
 from django.urls import path
@@ -87,10 +90,25 @@ def download(request):
     return response
 
 
-# Included under "admin/" before the admin's own URLs; admin_view sends anyone who is
-# not active staff to the admin login.
+VIEW_LOGS = "workers.view_logs"
+
+
+def logs_view(view):
+    """admin_view (anyone who is not active staff goes to the admin login), then 403
+    for staff without the permission."""
+
+    @wraps(view)
+    def checked(request, *args, **kwargs):
+        if not request.user.has_perm(VIEW_LOGS):
+            raise PermissionDenied
+        return view(request, *args, **kwargs)
+
+    return admin.site.admin_view(checked)
+
+
+# Included under "admin/" before the admin's own URLs.
 urlpatterns = [
-    path("worker-logs", admin.site.admin_view(viewer), name="worker-logs"),
-    path("worker-logs/content", admin.site.admin_view(content), name="worker-logs-content"),
-    path("worker-logs/download", admin.site.admin_view(download), name="worker-logs-download"),
+    path("worker-logs", logs_view(viewer), name="worker-logs"),
+    path("worker-logs/content", logs_view(content), name="worker-logs-content"),
+    path("worker-logs/download", logs_view(download), name="worker-logs-download"),
 ]

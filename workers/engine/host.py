@@ -34,6 +34,22 @@ _hold_until = 0.0
 _finalizer_registered = False
 
 
+class EngineArgsRefused(ValueError):
+    """A registered model asks for engine arguments outside the allow-list."""
+
+
+def _check_engine_args(registered_model):
+    # Again here, not only in the admin and register_model: a row written some
+    # other way (a shell, an older release) must not load code either.
+    allowed = settings.VLLM_BATCH["ENGINE_ARGS_ALLOWED"]
+    refused = sorted(name for name in (registered_model.extra_engine_args or {}) if name not in allowed)
+    if refused:
+        raise EngineArgsRefused(
+            f"model {registered_model.name}: engine arguments not allowed: {', '.join(refused)} "
+            "(VLLM_BATCH_ENGINE_ARGS_ALLOWED)"
+        )
+
+
 class EngineBusy(Exception):
     """The engine stayed in use past the caller's deadline."""
 
@@ -169,6 +185,7 @@ def get_engine(registered_model):
 
 def _load(registered_model, args):
     global _engine, _loading
+    _check_engine_args(registered_model)
     _unload_now()
     _register_finalizer()
     _loading = registered_model.name

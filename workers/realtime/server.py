@@ -256,9 +256,13 @@ class Handler(BaseHTTPRequestHandler):
             self._line({"error": wire.error(503, "model_not_loaded", message)})
         except (BrokenPipeError, ConnectionResetError):
             logger.info("realtime client went away; request aborted")
-        except Exception as exc:
-            logger.exception("realtime request failed")
-            self._line({"error": wire.error(500, "engine_error", str(exc))})
+        except Exception:
+            # The exception's text can hold paths, prompts or internals: it goes to the
+            # log, and the client gets an id to quote.
+            request_id = f"req_{uuid.uuid4().hex}"
+            logger.exception("realtime request %s failed", request_id)
+            message = f"The server had an error while processing your request (request id {request_id})."
+            self._line({"error": wire.error(500, "engine_error", message)})
 
     def _line(self, payload):
         self.wfile.write(json.dumps(payload).encode() + b"\n")

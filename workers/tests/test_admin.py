@@ -292,3 +292,44 @@ def test_model_registry_lists_searches_and_edits_engine_fields(admin_client):
     response = admin_client.post(url, {**form, "gpu_memory_utilization": "1.5"})
     assert response.status_code == 200
     assert response.context["adminform"].form.errors
+
+
+def test_actions_need_the_operate_permission_not_just_change(staff_without_worker_perms, staff):
+    for codename in ("view_worker", "change_worker"):
+        staff.user_permissions.add(Permission.objects.get(codename=codename))
+    worker = make_worker()
+
+    assert "restart_workers" not in staff_without_worker_perms.get(CHANGELIST_URL).content.decode()
+    staff_without_worker_perms.post(CHANGELIST_URL, {"action": "kill_workers", "_selected_action": [worker.pk]})
+    assert not WorkerCommand.objects.exists()
+
+    staff.user_permissions.add(Permission.objects.get(codename="operate_worker"))
+    staff = get_user_model().objects.get(pk=staff.pk)  # a fresh permission cache
+    staff_without_worker_perms.force_login(staff)
+    assert "restart_workers" in staff_without_worker_perms.get(CHANGELIST_URL).content.decode()
+    messages = run_action(staff_without_worker_perms, "restart_workers", worker)
+    assert WorkerCommand.objects.get().action == "restart", messages
+
+
+@pytest.mark.parametrize(
+    "extra", ['{"trust_remote_code": true}', '{"max_num_seqs": 8, "worker_cls": "evil.Worker"}', '["max_num_seqs"]']
+)
+def test_model_admin_refuses_engine_arguments_outside_the_allow_list(admin_client, extra):
+    model = RegisteredModel.objects.create(name="tiny-llama", path="/models/tiny")
+    url = reverse("admin:workers_registeredmodel_change", args=[model.pk])
+    form = {
+        "name": "tiny-llama",
+        "path": "/models/tiny",
+        "runner": "generate",
+        "is_active": "on",
+        "dtype": "auto",
+        "gpu_memory_utilization": "0.5",
+        "tensor_parallel_size": "1",
+        "extra_engine_args": extra,
+    }
+    response = admin_client.post(url, form)
+    assert response.status_code == 200
+    errors = response.context["adminform"].form.errors
+    assert "extra_engine_args" in errors, errors
+    model.refresh_from_db()
+    assert model.extra_engine_args == {}

@@ -184,3 +184,11 @@ def test_unload_without_force_leaves_an_engine_in_use_loaded(chat_model):
         assert engine_host.loaded_model_name() == CHAT_MODEL
     assert engine_host.unload(wait=0.2, force=False) is True
     assert engine_host.loaded_model_name() is None
+
+
+def test_a_model_with_refused_engine_arguments_is_not_loaded(chat_model, fake_engines):
+    chat_model.extra_engine_args = {"trust_remote_code": True}
+    with pytest.raises(engine_host.EngineArgsRefused, match="trust_remote_code"):
+        take(chat_model)
+    assert fake_engines == []
+    assert engine_host.loaded_model_name() is None

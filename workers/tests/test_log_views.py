@@ -175,3 +175,16 @@ def test_the_viewer_still_shows_the_tail_after_the_real_handler_rolls_over(admin
     body = admin_client.get(CONTENT, {"tail": wanted}).json()
     assert [line.rsplit(" ", 1)[1] for line in body["lines"]] == [f"{i:03d}" for i in range(200 - wanted, 200)]
     assert body["warnings"] == wanted
+
+
+@pytest.mark.parametrize("url", [PAGE, CONTENT, DOWNLOAD])
+def test_staff_without_the_logs_permission_are_refused(client, django_user_model, url, worker_log):
+    from django.contrib.auth.models import Permission
+
+    staff = django_user_model.objects.create_user("carol", password="pw", is_staff=True)
+    client.force_login(staff)
+    assert client.get(url).status_code == 403
+
+    staff.user_permissions.add(Permission.objects.get(codename="view_logs"))
+    client.force_login(django_user_model.objects.get(pk=staff.pk))
+    assert client.get(url).status_code == 200

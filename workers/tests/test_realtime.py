@@ -339,3 +339,19 @@ def test_without_the_swap_flag_the_worker_refuses_another_model(api, live_worker
     response = api.post("/v1/completions", {"model": "other-llama", "prompt": "Hi"}, format="json")
     assert response.status_code == 503
     assert realtime.engine_host.loaded_model_name() == CHAT_MODEL
+
+
+def test_an_unexpected_worker_error_reaches_the_client_without_its_text(api, live_worker, monkeypatch, caplog):
+    def broken(request, timeout):
+        raise RuntimeError("secret detail: /srv/models/private-llama token=abc")
+
+    monkeypatch.setattr(live_worker, "next_event", broken)
+    response = api.post("/v1/completions", {"model": CHAT_MODEL, "prompt": "Hi"}, format="json")
+    assert response.status_code == 500
+    error = response.json()["error"]
+    assert "secret detail" not in json.dumps(error)
+    assert error["code"] == "engine_error"
+    request_id = error["message"].split("request id ")[1].rstrip(").")
+    assert request_id.startswith("req_")
+    logged = [r for r in caplog.records if request_id in r.getMessage()]
+    assert logged and "secret detail" in logged[0].exc_text

@@ -59,3 +59,15 @@ def test_register_model_refuses_an_impossible_memory_share(db, tmp_path):
     with pytest.raises((ValidationError, IntegrityError)):
         call_command("register_model", "x", str(tmp_path), "--gpu-memory-utilization", "1.5")
     assert not RegisteredModel.objects.filter(name="x").exists()
+
+
+def test_register_model_refuses_engine_arguments_outside_the_allow_list(db, tmp_path):
+    with pytest.raises(CommandError, match="trust_remote_code"):
+        call_command("register_model", "m", str(tmp_path), "--engine-args", '{"trust_remote_code": true}')
+    assert not RegisteredModel.objects.exists()
+
+
+def test_the_allow_list_is_a_setting(db, tmp_path, settings):
+    settings.VLLM_BATCH = {**settings.VLLM_BATCH, "ENGINE_ARGS_ALLOWED": frozenset({"trust_remote_code"})}
+    call_command("register_model", "m", str(tmp_path), "--engine-args", '{"trust_remote_code": true}')
+    assert RegisteredModel.objects.get().extra_engine_args == {"trust_remote_code": True}

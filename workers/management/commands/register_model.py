@@ -3,6 +3,7 @@ from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
 
+from workers.console.engine_args import refused_engine_args
 from workers.models import RegisteredModel
 from workers.services import model_register
 
@@ -29,6 +30,9 @@ class Command(BaseCommand):
                 extra = json.loads(options["engine_args"])
             except ValueError as exc:
                 raise CommandError(f"--engine-args is not JSON: {exc}") from None
+            problem = refused_engine_args(extra)
+            if problem:
+                raise CommandError(f"--engine-args: {problem}")
         model, created = model_register(
             name=name,
             path=str(Path(path).resolve()),
