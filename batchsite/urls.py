@@ -4,6 +4,7 @@ from drf_spectacular.views import SpectacularJSONAPIView
 from rest_framework.permissions import AllowAny
 
 from batchsite.errors import json_400, json_404, json_500
+from labeling import accuracy_views
 
 urlpatterns = [
     # The log viewer (/admin/worker-logs), inside the admin but not a model page.
@@ -13,6 +14,11 @@ urlpatterns = [
     path("v1/", include("workers.urls")),
     # Label Studio's ML backend protocol; its "Model URL" is http://host:8000/labelstudio.
     path("labelstudio/", include("labeling.urls")),
+    path(
+        "v1/labeling/projects/<str:project_id>/accuracy",
+        accuracy_views.AccuracyView.as_view(),
+        name="labeling-accuracy",
+    ),
     path(
         "v1/openapi.json",
         SpectacularJSONAPIView.as_view(permission_classes=[AllowAny], authentication_classes=[]),

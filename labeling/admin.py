@@ -2,11 +2,12 @@ import json
 
 from django import forms
 from django.contrib import admin
+from django.urls import path
 from django.utils.html import format_html, format_html_join
 
 from jobs.models import Batch
 
-from . import bulk, push, selectors
+from . import accuracy_views, bulk, push, selectors
 from .label_config import LabelConfigError, parse_label_config
 from .models import LabelingProject, PredictionLog
 from .prompts import TemplateError, check_template, effective_templates, preview
@@ -106,6 +107,16 @@ class LabelingProjectAdmin(admin.ModelAdmin):
     )
     inlines = [PredictionInline]
     actions = [bulk.retrieve_predictions_action]
+    # Adds the "Accuracy" button to the project's page.
+    change_form_template = "admin/labeling/project_change_form.html"
+
+    def get_urls(self):
+        page = self.admin_site.admin_view(self.accuracy_view)
+        accuracy = path("<int:object_id>/accuracy/", page, name="labeling_labelingproject_accuracy")
+        return [accuracy, *super().get_urls()]
+
+    def accuracy_view(self, request, object_id):
+        return accuracy_views.accuracy_page(request, self, object_id)
 
     def _config(self, obj):
         try:
