@@ -20,8 +20,9 @@ from django.views.decorators.http import require_http_methods
 
 from batchsite.errors import ApiError
 
-from . import selectors, services
+from . import events, selectors, services
 from .label_config import LabelConfigError
+from .models import WebhookEvent
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +30,12 @@ MODEL_CLASS = "vllm-batch"
 TRAINING_MESSAGE = (
     "vllm-batch does not train on annotations: predictions come from the served LLM and its prompt "
     "templates (edit them in the vllm-batch admin). Nothing was started."
+)
+
+
+EXPORT_MESSAGE = (
+    "vllm-batch exports the project's ground truth and accepted annotations as a fine-tuning file "
+    "(vllm-batch admin: Labeling > Training runs); the served model itself is not changed."
 )
 
 
@@ -144,14 +151,12 @@ def predict(request):
 
 @endpoint("POST")
 def webhook(request):
-    body = json_body(request)
-    action = body.get("action")
-    project = body.get("project")
-    project_id = project.get("id") if isinstance(project, dict) else project
-    logger.info("Label Studio event %s for project %s", action, project_id)
-    if action == "START_TRAINING":
-        return JsonResponse({"status": "ok", "message": TRAINING_MESSAGE})
-    return JsonResponse({"status": "ok"})
+    """Events of the project's auto-registered webhook: stored and processed as
+    /v1/webhooks/label-studio's are (this one is protected by the backend's basic auth)."""
+    event = events.event_receive(body=request.body, source=WebhookEvent.Source.BACKEND)
+    if event.action == "START_TRAINING":
+        return JsonResponse({"status": "ok", "message": EXPORT_MESSAGE, "event_id": event.pk})
+    return JsonResponse({"status": "ok", "event_id": event.pk})
 
 
 @endpoint("POST")

@@ -14,7 +14,7 @@ from labeling.accuracy import (
     span_metrics,
 )
 
-FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "label-studio"
+FIXTURES = Path(__file__).parent / "fixtures"
 
 
 def choice(*picked, name="sentiment"):
