@@ -12,6 +12,7 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("v1/", include("jobs.urls")),
     path("v1/", include("workers.urls")),
+    path("v1/", include("labeling.api_urls")),
     # Label Studio's ML backend protocol; its "Model URL" is http://host:8000/labelstudio.
     path("labelstudio/", include("labeling.urls")),
     path(
