@@ -21,7 +21,7 @@ test-fast: setup
 
 serve: setup
 	$(PY) manage.py migrate --noinput
-	$(VENV)/bin/gunicorn batchsite.wsgi -b 127.0.0.1:8000 -w 4 --threads 16 --timeout 300
+	$(VENV)/bin/gunicorn batchsite.wsgi -c deploy/gunicorn.conf.py
 
 worker: setup
 	$(PY) manage.py qcluster

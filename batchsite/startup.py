@@ -7,6 +7,7 @@ manage.py, the WSGI and ASGI entry points and the `vllm-batch` console script.
 
 import os
 import secrets
+import tempfile
 from pathlib import Path
 
 from django.conf import settings
@@ -16,15 +17,25 @@ from django.core.exceptions import ImproperlyConfigured
 def _secret_key(path):
     """The key in `path`, written first (readable by its owner only) if there is none.
 
-    Several processes may start at once (gunicorn's workers, the cluster): the
-    first to create the file writes the key, the others read it."""
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
+    Several processes may start at once (gunicorn's workers, the cluster): the key
+    is written whole to a private temporary file (mkstemp: mode 0600 from the
+    start) and linked into place, which fails if another process got there
+    first; then that one's key is read. No process ever sees a half-written file."""
+    path = Path(path)
+    if path.exists():
         return path.read_text().strip()
     key = secrets.token_urlsafe(50)
-    with os.fdopen(fd, "w") as f:
-        f.write(key)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".secret_key.")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(key)
+            f.flush()
+            os.fsync(f.fileno())
+        os.link(tmp, path)
+    except FileExistsError:
+        return path.read_text().strip()
+    finally:
+        os.unlink(tmp)
     return key
 
 

@@ -1,0 +1,22 @@
+"""gunicorn for the web process: `gunicorn batchsite.wsgi -c deploy/gunicorn.conf.py`
+(make serve, the systemd unit). Flags on the command line or in GUNICORN_CMD_ARGS
+override these, e.g. GUNICORN_CMD_ARGS="-b 0.0.0.0:8000 -w 8"."""
+
+bind = "127.0.0.1:8000"
+workers = 4
+# Threads, because a realtime request (a stream, or one waiting for a model swap)
+# holds its thread until the worker answers.
+worker_class = "gthread"
+threads = 16
+# Longer than any client's poll interval and than a proxy's idle timeout towards
+# us (nginx keeps upstream connections 60 s): with gunicorn's default of 2 s a
+# client polling every 2 s met a connection closed under it ("Connection error").
+keepalive = 75
+# With gthread this bounds a worker process that stops responding, not a request:
+# a realtime request may take up to its own timeout (600 s at most).
+timeout = 300
+graceful_timeout = 30
+backlog = 2048
+# Behind a proxy on this host: trust its X-Forwarded-* headers (Django reads
+# X-Forwarded-Proto only when VLLM_BATCH_BEHIND_PROXY / VLLM_BATCH_HTTPS is set).
+forwarded_allow_ips = "127.0.0.1,::1"
