@@ -187,6 +187,21 @@ VLLM_BATCH = {
     # address is published as-is, so workers on other hosts need one the web reaches.
     "REALTIME_HOST": env_str("VLLM_BATCH_REALTIME_HOST", "127.0.0.1"),
     "REALTIME_PORT": env_int("VLLM_BATCH_REALTIME_PORT", 0),
+    # Self-healing. A batch whose validation or processing raised this many times
+    # (or whose worker got stuck: a fresh lease, no progress for STUCK_MINUTES) ends.
+    "MAX_BATCH_ATTEMPTS": env_int("VLLM_BATCH_MAX_BATCH_ATTEMPTS", 3),
+    "STUCK_MINUTES": env_float("VLLM_BATCH_STUCK_MINUTES", 30.0),
+    # `manage.py watchdog`: checks its cluster every WATCHDOG_INTERVAL s; a cluster
+    # whose workers have not beaten for WATCHDOG_TIMEOUT_BEATS heartbeats is frozen
+    # and killed; restarts wait WATCHDOG_BACKOFF_SECONDS doubling up to
+    # WATCHDOG_BACKOFF_MAX_SECONDS, at most WATCHDOG_MAX_RESTARTS an hour.
+    "WATCHDOG_INTERVAL": env_float("VLLM_BATCH_WATCHDOG_INTERVAL", 30.0),
+    "WATCHDOG_TIMEOUT_BEATS": env_float("VLLM_BATCH_WATCHDOG_TIMEOUT_BEATS", 3.0),
+    "WATCHDOG_BACKOFF_SECONDS": env_float("VLLM_BATCH_WATCHDOG_BACKOFF_SECONDS", 1.0),
+    "WATCHDOG_BACKOFF_MAX_SECONDS": env_float("VLLM_BATCH_WATCHDOG_BACKOFF_MAX_SECONDS", 60.0),
+    "WATCHDOG_MAX_RESTARTS": env_int("VLLM_BATCH_WATCHDOG_MAX_RESTARTS", 10),
+    # Worker rows stopped or lost longer than this are deleted (their commands stay).
+    "WORKER_PRUNE_HOURS": env_float("VLLM_BATCH_WORKER_PRUNE_HOURS", 24.0),
     # vLLM's KV cache on a CPU host, in GiB (ignored on a GPU).
     "CPU_KVCACHE_GIB": env_int("VLLM_BATCH_CPU_KVCACHE_GIB", 2),
     # Where `manage.py worker status` checks that the web API answers.

@@ -48,11 +48,18 @@ def lease_is_live(batch):
 
 
 def claim(batch_id, holder):
-    """Takes the batch's lease if it is free, ours, or stale. Returns the batch or None."""
-    claimed = (
+    """Takes the batch's lease if it is free, ours, or stale. Returns the batch or None.
+
+    A new holder counts as progress: the stuck clock (progress_at) starts again."""
+    now = timezone.now()
+    free = (
         Batch.objects.filter(pk=batch_id, status__in=Batch.ACTIVE)
-        .filter(Q(claimed_by="") | Q(claimed_by=holder) | Q(heartbeat_at__lt=stale_before()) | Q(heartbeat_at=None))
-        .update(claimed_by=holder, heartbeat_at=timezone.now())
+        .filter(Q(claimed_by="") | Q(heartbeat_at__lt=stale_before()) | Q(heartbeat_at=None))
+        .exclude(claimed_by=holder)
+        .update(claimed_by=holder, heartbeat_at=now, progress_at=now)
+    )
+    claimed = free or Batch.objects.filter(pk=batch_id, status__in=Batch.ACTIVE, claimed_by=holder).update(
+        heartbeat_at=now
     )
     return Batch.objects.get(pk=batch_id) if claimed else None
 
@@ -121,3 +128,18 @@ def requeue_stale_batches():
         Batch.objects.filter(pk=batch_id).update(updated_at=timezone.now())
         queueing.enqueue_batch(batch_id)
     return ids
+
+
+def stuck_for(batch_id, holder, now=None):
+    """Seconds the batch, held by `holder` with a fresh lease, has made no progress,
+    if that is over VLLM_BATCH_STUCK_MINUTES; else None."""
+    now = now or timezone.now()
+    row = (
+        Batch.objects.filter(pk=batch_id, claimed_by=holder, status__in=Batch.ACTIVE)
+        .values_list("progress_at", flat=True)
+        .first()
+    )
+    if row is None:
+        return None
+    quiet = (now - row).total_seconds()
+    return quiet if quiet > settings.VLLM_BATCH["STUCK_MINUTES"] * 60 else None

@@ -143,6 +143,11 @@ class Batch(models.Model):
     engine_failures = models.PositiveIntegerField(
         default=0, help_text="Times the engine's process died while running this batch."
     )
+    attempts = models.PositiveIntegerField(
+        default=0, help_text="Failed attempts: an unexpected error in validating or processing, or a stuck worker."
+    )
+    last_attempt_error = models.TextField(blank=True, help_text="Why the last attempt failed.")
+    retry_at = models.DateTimeField(null=True, blank=True, help_text="Not taken again before this, after a failure.")
 
     created_at = models.DateTimeField(default=timezone.now)
     updated_at = models.DateTimeField(auto_now=True)
@@ -158,6 +163,9 @@ class Batch(models.Model):
     # The worker's lease on the batch: who works on it and when it last saved progress.
     claimed_by = models.CharField(max_length=200, blank=True)
     heartbeat_at = models.DateTimeField(null=True, blank=True)
+    # When the batch last moved (a chunk saved, or a worker took it): a fresh lease
+    # without progress for VLLM_BATCH_STUCK_MINUTES is a stuck worker.
+    progress_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         verbose_name_plural = "batches"

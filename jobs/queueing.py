@@ -2,6 +2,7 @@
 
 The task is named by its dotted path, so jobs never imports the worker code."""
 
+from django_q.models import Schedule
 from django_q.tasks import async_task
 
 BATCH_TASK = "workers.tasks.process_batch_task"
@@ -9,3 +10,16 @@ BATCH_TASK = "workers.tasks.process_batch_task"
 
 def enqueue_batch(batch_id):
     return async_task(BATCH_TASK, batch_id, task_name=f"batch {batch_id}", group="batches")
+
+
+def enqueue_batch_at(batch_id, when):
+    """Puts the batch on the queue at `when` (a django-q2 one-off schedule: the
+    cluster's scheduler runs about every 30 s), so a failing batch never loops."""
+    return Schedule.objects.create(
+        name=f"retry {batch_id} at {when.isoformat()}",
+        func=BATCH_TASK,
+        args=repr(batch_id),
+        schedule_type=Schedule.ONCE,
+        repeats=1,
+        next_run=when,
+    )

@@ -254,6 +254,7 @@ def _insert_results(batch_id, rows):
     columns = ", ".join(connection.ops.quote_name(meta.get_field(name).column) for name in RESULT_COLUMNS)
     sql = (
         f"INSERT INTO {connection.ops.quote_name(meta.db_table)} ({columns}) "
+        progress_at=now,
         "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING"
     )
     with connection.cursor() as cursor:
@@ -272,6 +273,7 @@ def batch_fail(*, batch_id, code, message):
 
 def batch_engine_failed(*, batch_id):
     """Counts one more death of the engine under the batch; returns the count."""
+            progress_at=timezone.now(),
     Batch.objects.filter(pk=batch_id).update(engine_failures=F("engine_failures") + 1)
     return Batch.objects.values_list("engine_failures", flat=True).get(pk=batch_id)
 
@@ -313,6 +315,71 @@ def batch_finalize(*, batch_id, final_status, holder=None, unfinished=None):
         return "skipped"
     try:
         now = timezone.now()
+# -- failed attempts: poison batches and stuck workers ---------------------------
+
+RETRY_SECONDS = 10
+
+
+def batch_attempt_count(*, batch_id, reason):
+    """Counts one failed attempt on the batch (an unexpected error, a stuck worker); returns the count."""
+    Batch.objects.filter(pk=batch_id).update(
+        attempts=F("attempts") + 1, last_attempt_error=reason[:4000], updated_at=timezone.now()
+    )
+    return Batch.objects.values_list("attempts", flat=True).get(pk=batch_id)
+
+
+def batch_attempts_used_up(batch):
+    return batch.attempts >= settings.VLLM_BATCH["MAX_BATCH_ATTEMPTS"]
+
+
+def batch_attempt_failed(*, batch_id, holder, reason):
+    """An attempt at the batch raised something that is not a request's own error.
+
+    Below VLLM_BATCH_MAX_BATCH_ATTEMPTS the batch is queued again after a backoff
+    (RETRY_SECONDS doubling), never at once; at the limit it ends with the reason
+    (batch_give_up). Returns what the task reports: "retrying" or the final status."""
+    attempts = batch_attempt_count(batch_id=batch_id, reason=reason)
+    limit = settings.VLLM_BATCH["MAX_BATCH_ATTEMPTS"]
+    logger.error("batch %s: attempt %d of %d failed: %s", batch_id, attempts, limit, reason)
+    if attempts >= limit:
+        return batch_give_up(batch_id=batch_id, holder=holder)
+    retry_at = timezone.now() + timedelta(seconds=RETRY_SECONDS * 2 ** (attempts - 1))
+    Batch.objects.filter(pk=batch_id).update(retry_at=retry_at)
+    leases.release(batch_id, holder)
+    queueing.enqueue_batch_at(batch_id, retry_at)
+    return "retrying"
+
+
+def batch_give_up(*, batch_id, holder):
+    """Ends a batch whose attempts are used up: `failed` with the reason in `errors`
+    while validating; otherwise `completed` with the finished results kept and the
+    requests not run in the error file (code `batch_failed`)."""
+    batch = Batch.objects.get(pk=batch_id)
+    message = f"The batch failed {batch.attempts} times and was given up. Last: {batch.last_attempt_error}"
+    if batch.status == Batch.Status.VALIDATING:
+        now = timezone.now()
+        Batch.objects.filter(pk=batch_id, status=Batch.Status.VALIDATING).update(
+            status=Batch.Status.FAILED,
+            errors=[{"code": "batch_failed", "message": message, "param": None, "line": None}],
+            failed_at=now,
+            claimed_by="",
+            heartbeat_at=None,
+            updated_at=now,
+        )
+        return str(Batch.Status.FAILED)
+    final = Batch.Status.CANCELLED if batch.status == Batch.Status.CANCELLING else Batch.Status.COMPLETED
+    try:
+        return batch_finalize(
+            batch_id=batch_id, final_status=final, holder=holder, unfinished=("batch_failed", message)
+        )
+    except Exception:
+        # Writing the files is what keeps failing: the batch must still end.
+        logger.exception("batch %s: finalize failed; ending it as failed", batch_id)
+        batch_fail(batch_id=batch_id, code="batch_failed", message=message)
+        leases.release(batch_id, holder)
+        return str(Batch.Status.FAILED)
+
+
         if final_status == Batch.Status.COMPLETED:
             Batch.objects.filter(pk=batch_id, finalizing_at=None).update(finalizing_at=now)
             Batch.objects.filter(pk=batch_id).update(status=Batch.Status.FINALIZING, updated_at=now)

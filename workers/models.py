@@ -90,6 +90,8 @@ class Worker(models.Model):
         PROCESSING = "processing"
         STOPPING = "stopping"
         STOPPED = "stopped"
+        # Found dead (killed, frozen, restarted by the watchdog): lost_at and lost_reason say when and why.
+        LOST = "lost"
 
     class Freshness(models.TextChoices):
         ONLINE = "online"
@@ -111,6 +113,11 @@ class Worker(models.Model):
     host_memory_used = models.BigIntegerField(null=True, blank=True)
     realtime_url = models.CharField(max_length=200, blank=True, help_text="The worker's realtime endpoint.")
     realtime_token = models.CharField(max_length=64, blank=True, help_text="What the web sends to be let in.")
+    unhealthy_reason = models.CharField(
+        max_length=500, blank=True, help_text="Set by the worker's heartbeat when it is alive but stuck."
+    )
+    lost_at = models.DateTimeField(null=True, blank=True)
+    lost_reason = models.CharField(max_length=500, blank=True)
     started_at = models.DateTimeField()
     last_seen = models.DateTimeField()
     created_at = models.DateTimeField(auto_now_add=True)
@@ -126,7 +133,7 @@ class Worker(models.Model):
         return self.name
 
     def freshness(self, now=None):
-        if self.state == self.State.STOPPED:
+        if self.state in (self.State.STOPPED, self.State.LOST):
             return self.Freshness.OFFLINE
         interval = settings.VLLM_BATCH["HEARTBEAT_SECONDS"]
         age = ((now or timezone.now()) - self.last_seen).total_seconds()
@@ -161,7 +168,9 @@ class WorkerCommand(models.Model):
         DONE = "done"
         FAILED = "failed"
 
-    worker = models.ForeignKey(Worker, on_delete=models.CASCADE, related_name="commands")
+    # A pruned worker's commands stay, named by worker_name.
+    worker = models.ForeignKey(Worker, null=True, on_delete=models.SET_NULL, related_name="commands")
+    worker_name = models.CharField(max_length=200, blank=True)
     action = models.CharField(max_length=12, choices=Action.choices)
     status = models.CharField(max_length=12, choices=Status.choices, default=Status.PENDING)
     result = models.TextField(blank=True)
@@ -181,8 +190,42 @@ class WorkerCommand(models.Model):
         ]
 
     def __str__(self):
-        return f"{self.action} {self.worker_id} ({self.status})"
+        return f"{self.action} {self.worker_name or self.worker_id} ({self.status})"
+
+    def save(self, *args, **kwargs):
+        if self.worker is not None and not self.worker_name:
+            self.worker_name = self.worker.name
+        super().save(*args, **kwargs)
 
     @property
     def is_finished(self):
         return self.status in (self.Status.DONE, self.Status.FAILED)
+
+
+class Supervisor(models.Model):
+    """A `manage.py watchdog` process: the cluster it started, how often it had to
+    restart it and why. State `failed`: the restart limit was reached and it gave up."""
+
+    class State(models.TextChoices):
+        RUNNING = "running"
+        RESTARTING = "restarting"
+        FAILED = "failed"
+        STOPPED = "stopped"
+
+    name = models.CharField(max_length=200, unique=True, help_text="hostname:pid of the watchdog")
+    hostname = models.CharField(max_length=200)
+    pid = models.PositiveIntegerField()
+    cluster_name = models.CharField(max_length=200, blank=True)
+    cluster_pid = models.PositiveIntegerField(null=True, blank=True, help_text="The qcluster it runs now.")
+    state = models.CharField(max_length=12, choices=State.choices, default=State.RUNNING)
+    restarts = models.PositiveIntegerField(default=0)
+    last_reason = models.CharField(max_length=500, blank=True, help_text="Why it last restarted, or gave up.")
+    last_restart_at = models.DateTimeField(null=True, blank=True)
+    started_at = models.DateTimeField()
+    last_check = models.DateTimeField()
+
+    class Meta:
+        verbose_name = "watchdog"
+
+    def __str__(self):
+        return self.name

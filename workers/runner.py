@@ -205,6 +205,13 @@ def process_batch(batch_id, holder=None):
         try:
             with leases.LeaseKeeper(batch.pk, holder), state.processing(batch.pk):
                 return _process_claimed(batch, holder)
+        except Exception as exc:
+            # Not a request's own error (those go to the error file): a parser blowing
+            # up on some input, a bug, the database. Counted; the batch ends at the limit.
+            logger.exception("batch %s: attempt failed", batch_id)
+            return job_services.batch_attempt_failed(
+                batch_id=batch_id, holder=holder, reason=f"{type(exc).__name__}: {exc}"
+            )
         finally:
             leases.release(batch_id, holder)
             close_old_connections()
@@ -215,6 +222,8 @@ def _finalize(batch, holder, final_status, **kwargs):
 
 
 def _process_claimed(batch, holder):
+    if job_services.batch_attempts_used_up(batch):
+        return job_services.batch_give_up(batch_id=batch.pk, holder=holder)
     if batch.status == Batch.Status.VALIDATING:
         if timezone.now() >= batch.expires_at:
             return _finalize(batch, holder, Batch.Status.EXPIRED)

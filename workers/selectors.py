@@ -10,7 +10,7 @@ from django.utils import timezone
 
 from batchsite.errors import ApiError
 
-from .models import RegisteredModel, Worker
+from .models import RegisteredModel, Supervisor, Worker
 
 RECENT = timedelta(hours=1)
 CARD_LIMIT = 20
@@ -55,13 +55,32 @@ def model_problem(name, endpoint):
     return None
 
 
+FRESHNESS_ORDER = {Worker.Freshness.ONLINE: 0, Worker.Freshness.STALE: 1, Worker.Freshness.OFFLINE: 2}
+GONE_STATES = (Worker.State.STOPPED, Worker.State.LOST)
+
+
 def worker_list_recent(*, now=None, limit=CARD_LIMIT):
-    """Workers newest first, with their batch, leaving out those stopped for more than
-    an hour. A worker that died without stopping stays listed (offline): that is news."""
+    """Workers online first, then newest first, with their batch, leaving out those
+    stopped or lost more than an hour ago. A worker that died without stopping stays
+    listed (offline, then lost with the reason): that is news."""
     now = now or timezone.now()
-    workers = Worker.objects.exclude(state=Worker.State.STOPPED, last_seen__lt=now - RECENT)
-    workers = workers.select_related("current_batch")
-    return list(workers.order_by("-last_seen")[:limit])
+    workers = Worker.objects.exclude(state__in=GONE_STATES, last_seen__lt=now - RECENT)
+    workers = list(workers.select_related("current_batch").order_by("-last_seen")[: limit and limit * 5])
+    workers.sort(key=lambda w: (FRESHNESS_ORDER[w.freshness(now)], -w.last_seen.timestamp()))
+    return workers[:limit]
+
+
+def worker_list_live(*, now=None, limit=CARD_LIMIT):
+    """The heartbeat card's rows: workers not stopped or lost, online first; and how many others are recent."""
+    recent = worker_list_recent(now=now, limit=None)
+    live = [w for w in recent if w.state not in GONE_STATES]
+    return live[:limit], len(recent) - len(live[:limit])
+
+
+def supervisor_list_recent(*, now=None):
+    """The watchdogs running, and those that stopped or gave up within the hour."""
+    now = now or timezone.now()
+    return list(Supervisor.objects.filter(last_check__gte=now - RECENT).order_by("-last_check"))
 
 
 def worker_list_online(*, now=None):
@@ -154,6 +173,8 @@ def worker_report(worker, *, now=None):
         "batch": _batch_report(batch) if batch else None,
         "last_seen": worker.last_seen.isoformat(),
         "last_seen_text": seconds_ago((now - worker.last_seen).total_seconds()),
+        "lost_reason": worker.lost_reason,
+        "lost_text": seconds_ago((now - worker.lost_at).total_seconds()) if worker.lost_at else "",
         "memory": {
             "kind": worker.memory_kind,
             "used": worker.memory_used,
@@ -166,8 +187,11 @@ def worker_report(worker, *, now=None):
 
 def heartbeat_report(*, now=None):
     now = now or timezone.now()
+    live, others = worker_list_live(now=now)
     return {
         "now": now.isoformat(),
         "heartbeat_seconds": settings.VLLM_BATCH["HEARTBEAT_SECONDS"],
-        "workers": [worker_report(w, now=now) for w in worker_list_recent(now=now)],
+        "workers": [worker_report(w, now=now) for w in live],
+        "others": others,
+        "others_url": reverse("admin:workers_worker_changelist") + "?show=gone",
     }

@@ -1,14 +1,20 @@
-"""Writes: the model registry, and the operator's commands to workers."""
+"""Writes: the model registry, the operator's commands to workers, workers found
+dead (lost) and pruned, and the watchdog's own record."""
 
+import logging
+import socket
 import time
+from datetime import timedelta
 
 import psutil
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from .models import RegisteredModel, Worker, WorkerCommand
+from .models import RegisteredModel, Supervisor, Worker, WorkerCommand
 from .processes import kill_all
+
+logger = logging.getLogger(__name__)
 
 
 @transaction.atomic
@@ -65,3 +71,68 @@ def worker_kill(*, worker, requested_by="", wait=None):
     Worker.objects.filter(pk=worker.pk).update(state=Worker.State.STOPPED)
     command.refresh_from_db()
     return command, "signal"
+
+
+# -- workers found dead, and old rows ------------------------------------------
+
+GONE_STATES = (Worker.State.STOPPED, Worker.State.LOST)
+
+
+def workers_mark_lost(*, queryset, reason, now=None):
+    """Marks the workers in `queryset` that were not stopped cleanly as lost, with why; returns how many."""
+    now = now or timezone.now()
+    return queryset.exclude(state__in=GONE_STATES).update(
+        state=Worker.State.LOST, lost_at=now, lost_reason=reason[:500], current_batch=None, updated_at=now
+    )
+
+
+def workers_reap(*, now=None):
+    """Marks dead workers lost (their process is gone from this host, or no beat
+    for 6 intervals) and deletes rows stopped or lost longer than
+    VLLM_BATCH_WORKER_PRUNE_HOURS; their commands stay. Returns (lost, pruned)."""
+    now = now or timezone.now()
+    interval = settings.VLLM_BATCH["HEARTBEAT_SECONDS"]
+    lost = 0
+    for worker in Worker.objects.exclude(state__in=GONE_STATES):
+        age = (now - worker.last_seen).total_seconds()
+        if not worker.process_may_run():
+            reason = "its process is gone (killed, or crashed)"
+        elif age > 6 * interval:
+            reason = f"no heartbeat for {age:.0f} s"
+        else:
+            continue
+        lost += workers_mark_lost(queryset=Worker.objects.filter(pk=worker.pk), reason=reason, now=now)
+        logger.warning("worker %s is lost: %s", worker.name, reason)
+    horizon = now - timedelta(hours=settings.VLLM_BATCH["WORKER_PRUNE_HOURS"])
+    pruned, _ = Worker.objects.filter(state__in=GONE_STATES, last_seen__lt=horizon).delete()
+    return lost, pruned
+
+
+# -- the watchdog's record ------------------------------------------------------
+
+
+def supervisor_start(*, pid, cluster_name):
+    now = timezone.now()
+    hostname = socket.gethostname()
+    supervisor, _ = Supervisor.objects.update_or_create(
+        name=f"{hostname}:{pid}",
+        defaults={
+            "hostname": hostname,
+            "pid": pid,
+            "cluster_name": cluster_name,
+            "state": Supervisor.State.RUNNING,
+            "restarts": 0,
+            "last_reason": "",
+            "last_restart_at": None,
+            "started_at": now,
+            "last_check": now,
+        },
+    )
+    return supervisor
+
+
+def supervisor_update(supervisor, **fields):
+    fields["last_check"] = timezone.now()
+    Supervisor.objects.filter(pk=supervisor.pk).update(**fields)
+    for name, value in fields.items():
+        setattr(supervisor, name, value)

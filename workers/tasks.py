@@ -6,7 +6,7 @@ from django_q.models import Schedule
 
 from jobs import leases
 
-from . import runner, state
+from . import runner, services, state
 from .models import WorkerCommand
 from .runtime import heartbeat
 
@@ -30,7 +30,9 @@ def _clear_gpu_if_asked():
 
 
 def watchdog_task():
-    """Puts batches whose worker died or went quiet back on the queue."""
+    """Puts batches whose worker died or went quiet back on the queue; marks dead
+    workers lost and prunes old rows."""
+    services.workers_reap()
     return leases.requeue_stale_batches()
 
 

@@ -14,7 +14,7 @@ from django.utils.html import format_html
 from django.utils.text import capfirst
 
 from .. import selectors, services
-from ..models import RegisteredModel, Worker, WorkerCommand
+from ..models import RegisteredModel, Supervisor, Worker, WorkerCommand
 from .engine_args import refused_engine_args
 
 FRESHNESS_COLOURS = {
@@ -102,6 +102,33 @@ class FreshnessFilter(admin.SimpleListFilter):
         return queryset
 
 
+class ShowFilter(admin.SimpleListFilter):
+    """Live workers by default; stopped and lost ones (with when and why) behind the filter."""
+
+    title = "show"
+    parameter_name = "show"
+
+    def lookups(self, request, model_admin):
+        return [("gone", "stopped or lost"), ("all", "all")]
+
+    def choices(self, changelist):
+        for lookup, title in [(None, "live"), *self.lookup_choices]:
+            yield {
+                "selected": self.value() == lookup,
+                "query_string": changelist.get_query_string({self.parameter_name: lookup}, [])
+                if lookup
+                else changelist.get_query_string(remove=[self.parameter_name]),
+                "display": title,
+            }
+
+    def queryset(self, request, queryset):
+        if self.value() == "all":
+            return queryset
+        if self.value() == "gone":
+            return queryset.filter(state__in=selectors.GONE_STATES)
+        return queryset.exclude(state__in=selectors.GONE_STATES)
+
+
 class WorkerCommandInline(admin.TabularInline):
     model = WorkerCommand
     fields = ["created_at", "action", "status", "result", "requested_by", "finished_at"]
@@ -132,9 +159,10 @@ class WorkerAdmin(admin.ModelAdmin):
         "batch_progress",
         "last_seen_ago",
         "memory",
+        "lost",
     ]
     list_display_links = ["hostname", "pid"]
-    list_filter = ["state", FreshnessFilter, "hostname"]
+    list_filter = [ShowFilter, "state", FreshnessFilter, "hostname"]
     list_select_related = ["current_batch"]
     search_fields = ["name", "current_model", "current_batch__id"]
     ordering = ["-last_seen"]
@@ -146,6 +174,8 @@ class WorkerAdmin(admin.ModelAdmin):
         "batch_progress",
         ("last_seen", "started_at"),
         ("memory", "host_memory"),
+        ("lost_at", "lost_reason"),
+        "unhealthy_reason",
     ]
     inlines = [WorkerCommandInline]
     actions = ["restart_workers", "clear_gpu", "kill_workers"]
@@ -192,6 +222,12 @@ class WorkerAdmin(admin.ModelAdmin):
     @admin.display(description="last seen", ordering="last_seen")
     def last_seen_ago(self, worker):
         return selectors.seconds_ago((timezone.now() - worker.last_seen).total_seconds())
+
+    @admin.display(description="lost")
+    def lost(self, worker):
+        if worker.lost_at is None:
+            return "-"
+        return f"{selectors.seconds_ago((timezone.now() - worker.lost_at).total_seconds())}: {worker.lost_reason}"
 
     @admin.display(description="memory")
     def memory(self, worker):
@@ -264,10 +300,9 @@ class WorkerAdmin(admin.ModelAdmin):
 
 @admin.register(WorkerCommand)
 class WorkerCommandAdmin(admin.ModelAdmin):
-    list_display = ["created_at", "worker", "action", "status", "result", "requested_by", "finished_at"]
+    list_display = ["created_at", "worker_name", "action", "status", "result", "requested_by", "finished_at"]
     list_filter = ["action", "status"]
-    list_select_related = ["worker"]
-    search_fields = ["worker__name", "result", "requested_by"]
+    search_fields = ["worker_name", "result", "requested_by"]
     date_hierarchy = "created_at"
 
     def has_add_permission(self, request):
@@ -277,4 +312,19 @@ class WorkerCommandAdmin(admin.ModelAdmin):
         return False
 
     def has_delete_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(Supervisor)
+class SupervisorAdmin(admin.ModelAdmin):
+    """`manage.py watchdog` processes: state `failed` means it gave up restarting, with the reason."""
+
+    list_display = ["name", "cluster_name", "state", "cluster_pid", "restarts", "last_reason", "last_restart_at"]
+    list_filter = ["state", "hostname"]
+    ordering = ["-last_check"]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
         return False

@@ -59,11 +59,26 @@ def status_report(api_url):
                 "memory_kind": worker.memory_kind,
                 "memory_used": worker.memory_used,
                 "memory_total": worker.memory_total,
+                "lost_at": worker.lost_at.isoformat() if worker.lost_at else None,
+                "lost_reason": worker.lost_reason or None,
             }
         )
+    watchdogs = [
+        {
+            "name": s.name,
+            "cluster": s.cluster_name,
+            "state": s.state,
+            "cluster_pid": s.cluster_pid,
+            "restarts": s.restarts,
+            "last_reason": s.last_reason or None,
+            "last_restart_at": s.last_restart_at.isoformat() if s.last_restart_at else None,
+        }
+        for s in selectors.supervisor_list_recent(now=now)
+    ]
     ok, detail = api_answers(api_url)
     return {
         "workers": workers,
+        "watchdogs": watchdogs,
         "online": sum(1 for w in workers if w["freshness"] == Worker.Freshness.ONLINE),
         "api": {"url": api_url, "answers": ok, "detail": detail},
         "batches": {
@@ -88,10 +103,14 @@ def render_status(report):
         for w in report["workers"]:
             memory = f"{w['memory_kind'] or '?'} {_mib(w['memory_used'])} / {_mib(w['memory_total'])}"
             batch = f"  batch {w['batch']} {w['batch_progress']:.0%}" if w["batch"] else ""
+            lost = f"  lost: {w['lost_reason']}" if w["lost_reason"] else ""
             lines.append(
                 f"{w['id']:>4}  {w['name']:<24} {w['freshness']:<9} {w['state']:<13} {(w['model'] or '-'):<22} "
-                f"{w['last_seen_seconds_ago']:>5}s  {memory}{batch}"
+                f"{w['last_seen_seconds_ago']:>5}s  {memory}{batch}{lost}"
             )
+    for d in report["watchdogs"]:
+        why = f"; last: {d['last_reason']}" if d["last_reason"] else ""
+        lines.append(f"Watchdog {d['name']} ({d['cluster']}): {d['state']}, {d['restarts']} restart(s){why}")
     api = report["api"]
     lines.append(f"API {api['url']}: {'answers' if api['answers'] else 'does not answer'} ({api['detail']})")
     b = report["batches"]

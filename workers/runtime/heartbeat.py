@@ -13,13 +13,14 @@ from django.db import close_old_connections
 from django.utils import timezone
 
 from jobs import leases
+from jobs import services as job_services
 
 from .. import state
 from ..engine import host as engine_host
 from ..models import Worker, WorkerCommand
 from ..processes import kill_all
 from ..realtime import server as realtime_server
-from . import memory
+from . import memory, sdnotify
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +34,17 @@ def _shown_state(current):
     if engine_host.loading_model_name() and current["state"] != Worker.State.STOPPING:
         return Worker.State.LOADING
     return current["state"]
+
+
+def stuck_reason(name, batch_id, now):
+    """Why this worker is alive but stuck (its batch made no progress for
+    VLLM_BATCH_STUCK_MINUTES under a fresh lease), or ""."""
+    if batch_id is None:
+        return ""
+    quiet = leases.stuck_for(batch_id, name, now)
+    if quiet is None:
+        return ""
+    return f"batch {batch_id} made no progress for {quiet / 60:.0f} min"
 
 
 def beat(name, started_at):
@@ -49,10 +61,25 @@ def beat(name, started_at):
         "last_seen": now,
         "realtime_url": realtime_server.url(),
         "realtime_token": realtime_server.token(),
+        "unhealthy_reason": stuck_reason(name, current["batch_id"], now),
         **memory.snapshot(),
     }
     worker, _ = Worker.objects.update_or_create(name=name, defaults=fields)
     return worker
+
+
+def restart_stuck(worker, batch_id, kill=None):
+    """A stuck worker counts an attempt on its batch and kills its own process tree:
+    the cluster's sentinel starts a new worker, which takes the batch back (its
+    holder is dead) and resumes from the last saved chunk."""
+    reason = f"stuck: {worker.unhealthy_reason}"
+    logger.error("worker %s is %s: restarting it", worker.name, reason)
+    job_services.batch_attempt_count(batch_id=batch_id, reason=reason)
+    Worker.objects.filter(pk=worker.pk).update(
+        state=Worker.State.LOST, lost_at=timezone.now(), lost_reason=f"{reason}; the worker restarted itself"
+    )
+    close_old_connections()
+    (kill or _kill_self)()
 
 
 def _finish(command, status, result, **extra):
@@ -133,9 +160,17 @@ class HeartbeatThread(threading.Thread):
         self.started_at = timezone.now()
 
     def run(self):
+        ready = False
         while not self.stop_event.is_set():
             try:
-                beat(self.name_, self.started_at)
+                batch_id = state.get()["batch_id"]
+                worker = beat(self.name_, self.started_at)
+                if worker.unhealthy_reason:
+                    restart_stuck(worker, batch_id)
+                else:
+                    # systemd's watchdog hears from a worker only while it is healthy.
+                    sdnotify.notify("WATCHDOG=1" if ready else "READY=1\nWATCHDOG=1")
+                    ready = True
                 for command in pending_commands(self.name_):
                     carry_out(command)
             except Exception:

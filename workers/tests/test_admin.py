@@ -36,7 +36,9 @@ def make_worker(pid=4242, hostname=REMOTE, **fields):
 
 
 def run_action(client, action, *workers):
-    response = client.post(CHANGELIST_URL, {"action": action, "_selected_action": [w.pk for w in workers]}, follow=True)
+    response = client.post(
+        f"{CHANGELIST_URL}?show=all", {"action": action, "_selected_action": [w.pk for w in workers]}, follow=True
+    )
     assert response.status_code == 200
     return [str(m) for m in response.context["messages"]]
 
@@ -141,20 +143,19 @@ def test_worker_list_shows_badges_and_filters_by_freshness(admin_client):
     make_worker(pid=2, age=STALE_AGE)
     make_worker(pid=3, state=Worker.State.STOPPED)
 
-    page = admin_client.get(CHANGELIST_URL).content.decode()
+    page = admin_client.get(CHANGELIST_URL, {"show": "all"}).content.decode()
     for freshness in ["online", "stale", "offline"]:
         assert f'data-freshness="{freshness}"' in page
 
     def listed(freshness):
-        response = admin_client.get(CHANGELIST_URL, {"freshness": freshness})
+        response = admin_client.get(CHANGELIST_URL, {"freshness": freshness, "show": "all"})
         return sorted(w.pid for w in response.context["cl"].result_list)
 
     assert listed("online") == [1]
     assert listed("stale") == [2]
     assert listed("offline") == [3]
-    assert sorted(w.pid for w in admin_client.get(CHANGELIST_URL, {"state": "stopped"}).context["cl"].result_list) == [
-        3
-    ]
+    stopped = admin_client.get(CHANGELIST_URL, {"state": "stopped", "show": "all"}).context["cl"].result_list
+    assert sorted(w.pid for w in stopped) == [3]
 
 
 def test_worker_detail_is_read_only_and_lists_its_commands(admin_client):
