@@ -1,6 +1,7 @@
 """The one error envelope the API promises: OpenAI's {"error": {...}}."""
 
 import logging
+import math
 
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
@@ -46,6 +47,17 @@ class TooLarge(ApiError):
     status_code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
 
 
+class RateLimited(ApiError):
+    """429 as OpenAI sends it, with Retry-After in seconds."""
+
+    status_code = status.HTTP_429_TOO_MANY_REQUESTS
+    error_type = "requests"
+
+    def __init__(self, message, *, retry_after, code="rate_limit_exceeded", param=None):
+        super().__init__(message, code=code, param=param)
+        self.retry_after = max(1, math.ceil(retry_after))
+
+
 def error_envelope(message, error_type="invalid_request_error", param=None, code=None):
     return {"error": {"message": message, "type": error_type, "param": param, "code": code}}
 
@@ -86,6 +98,13 @@ def openai_exception_handler(exc, context):
             ),
             status=413,
         )
+    if isinstance(exc, exceptions.Throttled):
+        exc = RateLimited(
+            "Rate limit reached for this API key: too many requests per second.",
+            retry_after=exc.wait if exc.wait is not None else 1,
+        )
+    if isinstance(exc, RateLimited):
+        return Response(exc.envelope(), status=exc.status_code, headers={"Retry-After": str(exc.retry_after)})
     if isinstance(exc, ApiError):
         return Response(exc.envelope(), status=exc.status_code)
     if isinstance(exc, Http404):

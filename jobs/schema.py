@@ -25,8 +25,11 @@ ERROR_DESCRIPTIONS = {
     "401": "No API key, or an unknown one (`invalid_api_key`).",
     "404": "No such object for this key's owner.",
     "409": "The object's state does not allow this (e.g. a file that feeds a running batch).",
-    "413": "The upload or body is larger than the server accepts.",
+    "413": "The upload or body is larger than the server accepts, or the owner's storage quota "
+    "(`storage_quota_exceeded`).",
     "415": "The body's content type is not accepted.",
+    "429": "Too many requests for this API key (`rate_limit_exceeded`), too many unfinished batches "
+    "(`open_batches_limit`) or realtime requests at once (`concurrent_requests_limit`); see `Retry-After`.",
     "502": "The worker failed during the request (`engine_error`).",
     "503": "No online worker holds the model (`model_not_loaded`); see `Retry-After`.",
     "504": "The worker did not answer within the request's timeout (`timeout`); the request is aborted.",
@@ -48,7 +51,8 @@ class ApiKeyScheme(OpenApiAuthenticationExtension):
 
 
 def _error_statuses(path, method):
-    statuses = {"400", "401"}
+    # Every operation is throttled per API key.
+    statuses = {"400", "401", "429"}
     # An unknown id in the path, an unknown `after` on a list, an unknown file or model in a body.
     if "{" in path or path in ("/v1/files", "/v1/batches") or path in REALTIME_PATHS:
         statuses.add("404")

@@ -12,13 +12,14 @@ import tempfile
 from datetime import timedelta
 
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.core.files.base import File as DjangoFile
 from django.core.files.storage import default_storage
 from django.db import connection, transaction
-from django.db.models import F
+from django.db.models import F, Sum
 from django.utils import timezone
 
-from batchsite.errors import ApiError, Conflict
+from batchsite.errors import ApiError, Conflict, RateLimited, TooLarge
 
 from . import leases, queueing
 from .jsonl import batch_error_line, dumps_line
@@ -39,6 +40,37 @@ def api_key_create(*, owner, name):
     raw_key = ApiKey.generate_raw_key()
     api_key = ApiKey.objects.create(owner=owner, name=name, prefix=raw_key[:10], key_hash=hash_api_key(raw_key))
     return api_key, raw_key
+
+
+def _lock_owner(owner):
+    """Serializes one owner's quota checks (a row lock on PostgreSQL; SQLite's
+    transactions are IMMEDIATE, so writers queue anyway)."""
+    get_user_model().objects.select_for_update().filter(pk=owner.pk).first()
+
+
+def _check_storage_quota(owner, adding):
+    limit = limits()["MAX_STORED_BYTES"]
+    if not limit:
+        return
+    stored = File.objects.filter(owner=owner).aggregate(total=Sum("bytes"))["total"] or 0
+    if stored + adding > limit:
+        raise TooLarge(
+            f"Storage quota exceeded: you store {stored} bytes and this file has {adding}; the limit is "
+            f"{limit} bytes per user. Delete files you no longer need.",
+            code="storage_quota_exceeded",
+            param="file",
+        )
+
+
+def _check_open_batches(owner):
+    limit = limits()["MAX_OPEN_BATCHES"]
+    if limit and Batch.objects.filter(owner=owner, status__in=Batch.ACTIVE).count() >= limit:
+        raise RateLimited(
+            f"You have {limit} batches that have not finished, the most allowed at once; "
+            "wait for one to finish or cancel one.",
+            retry_after=60,
+            code="open_batches_limit",
+        )
 
 
 def _count_lines_and_copy(source, file_id):
@@ -76,6 +108,7 @@ def file_create(*, owner, upload, purpose, filename=None):
         raise ApiError(
             f"File is too large: {size} bytes, the limit is {max_bytes} bytes.", code="file_too_large", param="file"
         )
+    _check_storage_quota(owner, size or 0)
     file = File(owner=owner, purpose=purpose, filename=(filename or getattr(upload, "name", None) or "upload.jsonl"))
     file.filename = file.filename.replace("\\", "/").rsplit("/", 1)[-1][:255] or "upload.jsonl"
     name, size, lines = _count_lines_and_copy(upload, file.id)
@@ -93,6 +126,8 @@ def file_create(*, owner, upload, purpose, filename=None):
     file.line_count = lines
     try:
         with transaction.atomic():
+            _lock_owner(owner)
+            _check_storage_quota(owner, size)
             file.save()
     except BaseException:
         default_storage.delete(name)
@@ -146,6 +181,8 @@ def batch_create(*, owner, input_file, endpoint, completion_window="24h", metada
             code="invalid_value",
             param="input_file_id",
         )
+    _lock_owner(owner)
+    _check_open_batches(owner)
     now = timezone.now()
     batch = Batch.objects.create(
         owner=owner,

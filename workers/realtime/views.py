@@ -16,7 +16,7 @@ from rest_framework.views import APIView
 
 from batchsite.errors import ApiError
 
-from . import client, wire
+from . import client, quota, wire
 from . import schema as S
 
 RETRY_AFTER_SECONDS = 10
@@ -62,7 +62,34 @@ def streamed(kind, body):
     return response
 
 
+def _released_after(iterator, release):
+    try:
+        yield from iterator
+    finally:
+        release()
+
+
 class RealtimeView(APIView):
+    """Holds one of the owner's realtime slots (quota.py) from authentication until
+    the answer, or its stream, has been sent."""
+
+    slot_owner = None
+
+    def initial(self, request, *args, **kwargs):
+        super().initial(request, *args, **kwargs)
+        if quota.acquire(request.user.pk):
+            self.slot_owner = request.user.pk
+
+    def finalize_response(self, request, response, *args, **kwargs):
+        response = super().finalize_response(request, response, *args, **kwargs)
+        owner, self.slot_owner = self.slot_owner, None
+        if owner is not None:
+            if response.streaming:
+                response.streaming_content = _released_after(response.streaming_content, lambda: quota.release(owner))
+            else:
+                quota.release(owner)
+        return response
+
     def handle_exception(self, exc):
         response = super().handle_exception(exc)
         if isinstance(exc, wire.ModelNotLoaded):

@@ -7,7 +7,7 @@ import socket
 import pytest
 from django.utils import timezone
 
-from jobs.tests.factories import CHAT_MODEL, EMBEDDING_MODEL, make_client
+from jobs.tests.factories import CHAT_MODEL, EMBEDDING_MODEL, make_client, make_user
 from workers.engine.types import Choice, Generation
 from workers.models import Worker
 from workers.realtime import client as realtime_client
@@ -355,3 +355,38 @@ def test_an_unexpected_worker_error_reaches_the_client_without_its_text(api, liv
     assert request_id.startswith("req_")
     logged = [r for r in caplog.records if request_id in r.getMessage()]
     assert logged and "secret detail" in logged[0].exc_text
+
+
+# -- realtime requests in flight per owner ----------------------------------------
+
+
+def test_realtime_requests_at_once_are_limited_per_owner(api, user, chat_model, worker_says, settings):
+    settings.VLLM_BATCH = {**settings.VLLM_BATCH, "MAX_CONCURRENT_REALTIME": 1}
+    make_worker()
+    chunk = {"object": "chat.completion.chunk", "choices": []}
+    worker_says([{"chunk": chunk}, {"chunk": chunk}, {"done": None}])
+    streaming = api.post("/v1/chat/completions", {**CHAT_BODY, "stream": True}, format="json")
+    assert streaming.status_code == 200
+
+    # The stream still holds the owner's one slot.
+    refused = api.post("/v1/chat/completions", CHAT_BODY, format="json")
+    assert refused.status_code == 429
+    assert refused.json()["error"]["code"] == "concurrent_requests_limit"
+    assert refused["Retry-After"] == "1"
+    other = make_client(make_user("other-owner"))
+    worker_says([{"done": chat_body()}])
+    assert other.post("/v1/chat/completions", CHAT_BODY, format="json").status_code == 200
+
+    b"".join(streaming.streaming_content)
+    streaming.close()
+    assert api.post("/v1/chat/completions", CHAT_BODY, format="json").status_code == 200
+    assert api.post("/v1/chat/completions", CHAT_BODY, format="json").status_code == 200
+
+
+def test_a_failed_realtime_request_gives_its_slot_back(api, chat_model, worker_says, settings):
+    settings.VLLM_BATCH = {**settings.VLLM_BATCH, "MAX_CONCURRENT_REALTIME": 1}
+    make_worker()
+    worker_says([{"error": {"status": 400, "code": "invalid_value", "message": "bad", "param": None}}])
+    assert api.post("/v1/chat/completions", CHAT_BODY, format="json").status_code == 400
+    worker_says([{"done": chat_body()}])
+    assert api.post("/v1/chat/completions", CHAT_BODY, format="json").status_code == 200
