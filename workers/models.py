@@ -128,6 +128,12 @@ class Worker(models.Model):
             # The admin card and `worker status` list the recently seen workers.
             models.Index(fields=["-last_seen"], name="worker_last_seen_idx"),
         ]
+        # The console's powers, apart from staff status: sending commands to worker
+        # processes and reading the logs (which hold prompts and error details).
+        permissions = [
+            ("operate_worker", "Can restart, clear the GPU of and kill workers"),
+            ("view_logs", "Can read the worker and web logs"),
+        ]
 
     def __str__(self):
         return self.name
