@@ -152,3 +152,58 @@ def test_ground_truth_examples_skip_cancelled_deleted_and_unanswerable(project):
     b.save()
     config = project.parsed_config()
     assert [e.task_id for e in E.ground_truth_examples(project, config)] == [3, 4, 5]
+
+
+def test_the_compare_and_embed_commands(project, fake_embed, tmp_path):
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    for i in range(20):
+        text, label = [("good movie", "Positive"), ("awful food", "Negative")][i % 2]
+        add_ground_truth(project, 200 + i, f"{text} {i}", label)
+    out = StringIO()
+    call_command("labelstudio", "embed", "8", stdout=out)
+    assert out.getvalue().strip() == "Embedded 25 ground-truth texts."
+    report_path = tmp_path / "report.json"
+    out = StringIO()
+    call_command(
+        "labelstudio", "compare", "8", "--sizes", "5,10,100", "--held-out", "10", "--methods", "embedding",
+        "--json", str(report_path), stdout=out,
+    )  # fmt: skip
+    lines = out.getvalue().splitlines()
+    assert lines[1].split() == ["examples", "zero-shot", "few-shot", "embedding"]
+    assert lines[2].split()[:3] == ["5", "-", "-"] and lines[3].split()[0] == "10"
+    assert "skipped (more than the pool): [100]" in lines[-1]
+    assert json.loads(report_path.read_text())["curve"][1]["embedding"]["tasks"] == 10
+    assert len(fake_embed.calls) == 1  # everything was embedded by `embed`
+
+
+def test_admin_sets_the_predictor_and_refuses_it_for_a_config_it_cannot_predict(admin_client, project):
+    url = f"/admin/labeling/labelingproject/{project.id}/change/"
+    data = {
+        "ls_project": project.ls_project,
+        "ls_project_id": project.ls_project_id,
+        "label_config": MULTI,
+        "model": project.model_id,
+        "prompt_templates": "{}",
+        "sample_task_data": "{}",
+        "temperature": "0",
+        "max_tokens": "512",
+        "predictor": "embedding",
+        "few_shot_k": "0",
+        "predictions-TOTAL_FORMS": "0",
+        "predictions-INITIAL_FORMS": "0",
+        "predictions-MIN_NUM_FORMS": "0",
+        "predictions-MAX_NUM_FORMS": "0",
+    }
+    response = admin_client.post(url, data)
+    assert response.status_code == 200 and "one single-choice Choices control only" in response.content.decode()
+    response = admin_client.post(url, {**data, "label_config": CHOICES, "predictor": "llm", "few_shot_k": "4"})
+    assert response.status_code == 302
+    project.refresh_from_db()
+    assert (project.predictor, project.few_shot_k) == ("llm", 4)
+    response = admin_client.post(url, {**data, "label_config": CHOICES, "few_shot_k": "17"})
+    assert response.status_code == 200
+    project.refresh_from_db()
+    assert project.few_shot_k == 4
