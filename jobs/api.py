@@ -56,7 +56,12 @@ class FilesView(APIView):
                 param="file",
             )
         data = _valid(FileUploadSerializer, request.data)
-        file = services.file_create(owner=request.user, upload=data["file"], purpose=data["purpose"])
+        file = services.file_create(
+            owner=request.user,
+            upload=data["file"],
+            purpose=data["purpose"],
+            expires_after_seconds=data.get("expires_after[seconds]"),
+        )
         return Response(file.to_openai())
 
 

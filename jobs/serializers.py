@@ -8,10 +8,36 @@ from batchsite.errors import ApiError
 from .models import Batch, File
 from .services import COMPLETION_WINDOWS
 
+# OpenAI's bounds on a file's expires_after: one hour to 30 days.
+EXPIRES_AFTER_SECONDS = (3600, 30 * 24 * 3600)
+
 
 class FileUploadSerializer(serializers.Serializer):
     file = serializers.FileField(help_text="A JSONL file, one request per line.", allow_empty_file=True)
     purpose = serializers.ChoiceField(choices=[File.Purpose.BATCH], help_text="Only 'batch' is accepted for uploads.")
+
+    def get_fields(self):
+        # The multipart names OpenAI's SDK sends for the expires_after object.
+        fields = super().get_fields()
+        fields["expires_after[anchor]"] = serializers.ChoiceField(
+            choices=["created_at"], required=False, help_text="What the expiry counts from: only 'created_at'."
+        )
+        fields["expires_after[seconds]"] = serializers.IntegerField(
+            min_value=EXPIRES_AFTER_SECONDS[0],
+            max_value=EXPIRES_AFTER_SECONDS[1],
+            required=False,
+            help_text="The file is deleted this many seconds after the anchor (3600 to 2592000).",
+        )
+        return fields
+
+    def validate(self, data):
+        anchor, seconds = data.get("expires_after[anchor]"), data.get("expires_after[seconds]")
+        if (anchor is None) != (seconds is None):
+            missing = "expires_after[seconds]" if seconds is None else "expires_after[anchor]"
+            raise ApiError(
+                f"Missing required parameter: '{missing}'.", code="missing_required_parameter", param=missing
+            )
+        return data
 
 
 class FileListQuerySerializer(serializers.Serializer):

@@ -97,7 +97,7 @@ def _store(file_id, stream):
     return default_storage.save(f"{file_id[5:7]}/{file_id}.jsonl", DjangoFile(stream))
 
 
-def file_create(*, owner, upload, purpose, filename=None):
+def file_create(*, owner, upload, purpose, filename=None, expires_after_seconds=None):
     """Stores an uploaded file. `upload` is any file object; it is streamed, never read whole.
 
     The copy runs outside any transaction (on SQLite one would hold the database's
@@ -124,6 +124,8 @@ def file_create(*, owner, upload, purpose, filename=None):
     file.storage_name = name
     file.bytes = size
     file.line_count = lines
+    if expires_after_seconds:
+        file.expires_at = file.created_at + timedelta(seconds=expires_after_seconds)
     try:
         with transaction.atomic():
             _lock_owner(owner)
@@ -146,6 +148,23 @@ def file_delete(*, file):
     storage_name = file.storage_name
     file.delete()
     transaction.on_commit(lambda: default_storage.delete(storage_name))
+
+
+def files_delete_expired(*, now=None, limit=1000):
+    """Deletes up to `limit` files past their expires_at, as file_delete does; one
+    that still feeds an unfinished batch waits for a later run. Returns how many went."""
+    now = now or timezone.now()
+    deleted = 0
+    for file in File.objects.filter(expires_at__lte=now).order_by("expires_at")[:limit]:
+        try:
+            with transaction.atomic():
+                file_delete(file=file)
+        except Conflict:
+            continue
+        deleted += 1
+    if deleted:
+        logger.info("deleted %d expired files", deleted)
+    return deleted
 
 
 def file_open(file):
