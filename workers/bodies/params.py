@@ -196,6 +196,10 @@ def embedding_request(body):
     return inputs, dimensions, encoding
 
 
+# OpenAI's chat roles; batch lines are checked against the same list (jobs.validation).
+MESSAGE_ROLES = ("system", "developer", "user", "assistant", "tool", "function")
+
+
 def chat_messages(body):
     messages = body["messages"]
     if not isinstance(messages, list) or not messages:
@@ -203,6 +207,11 @@ def chat_messages(body):
     for i, message in enumerate(messages):
         if not isinstance(message, dict) or "role" not in message:
             raise ParamError(f"messages[{i}] must be an object with a 'role'.", f"messages.{i}", "invalid_type")
+        if message["role"] not in MESSAGE_ROLES:
+            supported = ", ".join(f"'{role}'" for role in MESSAGE_ROLES)
+            raise ParamError(
+                f"Invalid value: {message['role']!r}. Supported values are: {supported}.", f"messages.{i}.role"
+            )
     return messages
 
 

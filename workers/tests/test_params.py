@@ -261,3 +261,10 @@ def test_chat_messages_need_a_role():
     for bad in ([], "hi", None):
         with pytest.raises(ParamError):
             chat_messages({"messages": bad})
+
+
+@pytest.mark.parametrize("role", ["wizard", "", 3, None, ["user"]])
+def test_chat_messages_need_an_openai_role(role):
+    with pytest.raises(ParamError) as info:
+        chat_messages({"messages": [{"role": "user", "content": "a"}, {"role": role, "content": "b"}]})
+    assert (info.value.param, info.value.code) == ("messages.1.role", "invalid_value")

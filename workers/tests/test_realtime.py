@@ -390,3 +390,10 @@ def test_a_failed_realtime_request_gives_its_slot_back(api, chat_model, worker_s
     assert api.post("/v1/chat/completions", CHAT_BODY, format="json").status_code == 400
     worker_says([{"done": chat_body()}])
     assert api.post("/v1/chat/completions", CHAT_BODY, format="json").status_code == 200
+
+
+def test_a_chat_message_with_a_role_openai_refuses_is_a_400_before_any_worker(api, chat_model):
+    body = {**CHAT_BODY, "messages": [{"role": "wizard", "content": "Hi"}]}
+    response = api.post("/v1/chat/completions", body, format="json")
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == "messages.0.role"
