@@ -10,6 +10,7 @@ from jobs.models import Batch
 from . import accuracy_views, bulk, push, selectors
 from .label_config import LabelConfigError, parse_label_config
 from .models import LabelingProject, PredictionLog
+from .predictions import uses_guided_choice
 from .prompts import TemplateError, check_template, effective_templates, preview
 
 
@@ -29,8 +30,24 @@ class LabelingProjectForm(forms.ModelForm):
             "temperature",
             "max_tokens",
             "seed",
+            "predictor",
+            "few_shot_k",
+            "embedding_model",
         )
         widgets = {"ls_access_token": forms.PasswordInput(render_value=True)}
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # A post without them (an older form, a script) keeps the project's values.
+        for name in ("predictor", "few_shot_k"):
+            self.fields[name].required = False
+
+    def clean_predictor(self):
+        return self.cleaned_data.get("predictor") or self.instance.predictor
+
+    def clean_few_shot_k(self):
+        value = self.cleaned_data.get("few_shot_k")
+        return self.instance.few_shot_k if value is None else value
 
     def clean(self):
         cleaned = super().clean()
@@ -42,6 +59,10 @@ class LabelingProjectForm(forms.ModelForm):
         except LabelConfigError as exc:
             self.add_error("label_config", str(exc))
             return cleaned
+        if cleaned.get("predictor") == "embedding" and not uses_guided_choice(config):
+            self.add_error(
+                "predictor", "The embedding predictor needs a config with one single-choice Choices control only."
+            )
         if templates is not None and not isinstance(templates, dict):
             self.add_error("prompt_templates", "Give an object: {control name: template}.")
             return cleaned
@@ -101,6 +122,14 @@ class LabelingProjectAdmin(admin.ModelAdmin):
                     "max_tokens",
                     "seed",
                 )
+            },
+        ),
+        (
+            "Learning from ground truth",
+            {
+                "fields": ("predictor", "few_shot_k", "embedding_model"),
+                "description": "Few-shot examples and the embedding predictor need the embedding model on a worker "
+                "(or on-demand swaps); see the README, Label Studio: pre-annotation that learns.",
             },
         ),
         ("Times", {"fields": ("created_at", "updated_at")}),
