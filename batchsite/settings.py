@@ -202,6 +202,13 @@ VLLM_BATCH = {
     "WATCHDOG_MAX_RESTARTS": env_int("VLLM_BATCH_WATCHDOG_MAX_RESTARTS", 10),
     # Worker rows stopped or lost longer than this are deleted (their commands stay).
     "WORKER_PRUNE_HOURS": env_float("VLLM_BATCH_WORKER_PRUNE_HOURS", 24.0),
+    # Completion webhooks (jobs/webhooks.py): tries per delivery, the first retry's
+    # wait (doubling), the request timeout, and whether loopback/private/link-local
+    # targets are allowed (off: only public addresses).
+    "WEBHOOK_MAX_ATTEMPTS": env_int("VLLM_BATCH_WEBHOOK_MAX_ATTEMPTS", 6),
+    "WEBHOOK_RETRY_SECONDS": env_float("VLLM_BATCH_WEBHOOK_RETRY_SECONDS", 30.0),
+    "WEBHOOK_TIMEOUT": env_float("VLLM_BATCH_WEBHOOK_TIMEOUT", 10.0),
+    "WEBHOOK_ALLOW_PRIVATE": env_bool("VLLM_BATCH_WEBHOOK_ALLOW_PRIVATE", False),
     # vLLM's KV cache on a CPU host, in GiB (ignored on a GPU).
     "CPU_KVCACHE_GIB": env_int("VLLM_BATCH_CPU_KVCACHE_GIB", 2),
     # Where `manage.py worker status` checks that the web API answers.

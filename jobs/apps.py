@@ -14,6 +14,9 @@ class JobsConfig(AppConfig):
     verbose_name = "Files and batches"
 
     def ready(self):
-        from . import schema  # noqa: F401  registers the API key's OpenAPI description
+        from . import (
+            schema,  # noqa: F401  registers the API key's OpenAPI description
+            webhook_admin,  # noqa: F401  registers the webhooks' admin pages
+        )
 
         post_migrate.connect(_ensure_file_expiry_schedule, sender=self, dispatch_uid="vllm_batch_file_expiry_schedule")

@@ -1,3 +1,4 @@
+import base64
 import hashlib
 import secrets
 import uuid
@@ -257,3 +258,63 @@ class BatchResult(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["batch", "line"], name="batch_result_once_per_line"),
         ]
+
+
+def new_webhook_secret():
+    """A Standard Webhooks secret: whsec_ and base64 of 24 random bytes."""
+    return "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
+
+
+def new_message_id():
+    return _hex_id("msg_")
+
+
+class WebhookEndpoint(models.Model):
+    """An API key's completion webhook: the default URL its batches report to (a
+    batch's `webhook_url` metadata overrides it) and the secret that signs every
+    delivery for the key, shown once when made."""
+
+    api_key = models.OneToOneField(ApiKey, on_delete=models.CASCADE, related_name="webhook")
+    url = models.CharField(max_length=2000, blank=True, help_text="Empty: only batches naming a webhook_url report.")
+    secret = models.CharField(max_length=100, default=new_webhook_secret, editable=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self):
+        return f"{self.api_key}: {self.url or '(metadata only)'}"
+
+
+class WebhookDelivery(models.Model):
+    """One event for one batch: its payload is stored as sent, so a retry or a
+    re-send carries the same bytes and the same webhook-id. `dead` after the last
+    attempt failed (a dead letter): the admin can send it again."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending"
+        DELIVERED = "delivered"
+        DEAD = "dead"
+
+    id = models.CharField(primary_key=True, max_length=40, default=new_message_id, editable=False)
+    batch_id = models.CharField(max_length=40, db_index=True)
+    endpoint = models.ForeignKey(WebhookEndpoint, null=True, on_delete=models.SET_NULL, related_name="deliveries")
+    event_type = models.CharField(max_length=40)
+    url = models.CharField(max_length=2000)
+    payload = models.TextField(help_text="The JSON body, byte for byte as signed and sent.")
+    status = models.CharField(max_length=12, choices=Status.choices, default=Status.PENDING)
+    attempts = models.PositiveIntegerField(default=0)
+    last_error = models.TextField(blank=True)
+    last_status_code = models.PositiveIntegerField(null=True, blank=True)
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    delivered_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name_plural = "webhook deliveries"
+        constraints = [
+            # One event per batch and type: a finalize that runs twice sends once.
+            models.UniqueConstraint(fields=["batch_id", "event_type"], name="webhook_once_per_batch_event"),
+        ]
+
+    def __str__(self):
+        return f"{self.event_type} {self.batch_id} -> {self.url} ({self.status})"

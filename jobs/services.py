@@ -21,7 +21,7 @@ from django.utils import timezone
 
 from batchsite.errors import ApiError, Conflict, RateLimited, TooLarge
 
-from . import leases, queueing
+from . import leases, queueing, webhooks
 from .jsonl import batch_error_line, dumps_line
 from .models import ApiKey, Batch, BatchResult, File, hash_api_key
 from .validation import iter_request_lines, validate_input
@@ -267,12 +267,14 @@ def batch_validate(*, batch, model_problem):
             updated_at=now,
         )
         logger.info("batch %s failed validation: %d errors", batch.pk, result.error_count)
+        _announce(batch.pk)
         return False
     Batch.objects.filter(pk=batch.pk, status=Batch.Status.VALIDATING).update(
         status=Batch.Status.IN_PROGRESS,
         total_requests=result.total,
         model=result.model,
         in_progress_at=now,
+        progress_at=now,
         updated_at=now,
     )
     return True
@@ -291,6 +293,7 @@ def batch_results_save(*, batch_id, rows, input_tokens, output_tokens):
             input_tokens=F("input_tokens") + input_tokens,
             output_tokens=F("output_tokens") + output_tokens,
             heartbeat_at=timezone.now(),
+            progress_at=timezone.now(),
             updated_at=timezone.now(),
         )
     return Batch.objects.values_list("status", "expires_at", "claimed_by").get(pk=batch_id)
@@ -310,7 +313,6 @@ def _insert_results(batch_id, rows):
     columns = ", ".join(connection.ops.quote_name(meta.get_field(name).column) for name in RESULT_COLUMNS)
     sql = (
         f"INSERT INTO {connection.ops.quote_name(meta.db_table)} ({columns}) "
-        progress_at=now,
         "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING"
     )
     with connection.cursor() as cursor:
@@ -325,52 +327,23 @@ def batch_fail(*, batch_id, code, message):
         failed_at=now,
         updated_at=now,
     )
+    _announce(batch_id)
 
 
 def batch_engine_failed(*, batch_id):
     """Counts one more death of the engine under the batch; returns the count."""
-            progress_at=timezone.now(),
     Batch.objects.filter(pk=batch_id).update(engine_failures=F("engine_failures") + 1)
     return Batch.objects.values_list("engine_failures", flat=True).get(pk=batch_id)
 
 
-FINAL_TIMESTAMP = {
-    Batch.Status.COMPLETED: "completed_at",
-    Batch.Status.CANCELLED: "cancelled_at",
-    Batch.Status.EXPIRED: "expired_at",
-}
-
-EXPIRED_REQUEST = ("batch_expired", "This request could not be executed before the completion window expired.")
-
-
-def _unfinished_lines(batch, done_lines, code, message):
-    for _line, request in batch_pending_requests(batch, done_lines):
-        yield dumps_line(batch_error_line(request["custom_id"], message, code))
-
-
-def _result_file(batch, purpose, lines):
-    return file_write_lines(
-        owner_id=batch.owner_id, purpose=purpose, filename=f"{batch.pk}_{purpose.split('_')[1]}.jsonl", lines=lines
-    )
-
-
-def batch_finalize(*, batch_id, final_status, holder=None, unfinished=None):
-    """Writes the output and error files from the saved results and ends the batch.
-
-    Requests without a result go to the error file as `unfinished` = (code,
-    message) when given (always for an expired batch). Without `holder` the
-    caller must first take the lease (the API does this to cancel a batch no
-    worker holds); if a live worker holds it, the worker ends the batch instead
-    and this returns "skipped"."""
-    if final_status == Batch.Status.EXPIRED:
-        unfinished = EXPIRED_REQUEST
-    own_lease = holder is None
-    holder = holder or f"finalizer:{leases.holder_name()}"
-    batch = leases.claim(batch_id, holder)
-    if batch is None:
-        return "skipped"
+def _announce(batch_id):
+    """The batch ended: queue its completion webhook. Never lets the batch's own end fail."""
     try:
-        now = timezone.now()
+        webhooks.batch_ended(batch_id)
+    except Exception:
+        logger.exception("batch %s: could not queue its webhook", batch_id)
+
+
 # -- failed attempts: poison batches and stuck workers ---------------------------
 
 RETRY_SECONDS = 10
@@ -422,6 +395,7 @@ def batch_give_up(*, batch_id, holder):
             heartbeat_at=None,
             updated_at=now,
         )
+        _announce(batch_id)
         return str(Batch.Status.FAILED)
     final = Batch.Status.CANCELLED if batch.status == Batch.Status.CANCELLING else Batch.Status.COMPLETED
     try:
@@ -436,6 +410,43 @@ def batch_give_up(*, batch_id, holder):
         return str(Batch.Status.FAILED)
 
 
+FINAL_TIMESTAMP = {
+    Batch.Status.COMPLETED: "completed_at",
+    Batch.Status.CANCELLED: "cancelled_at",
+    Batch.Status.EXPIRED: "expired_at",
+}
+
+EXPIRED_REQUEST = ("batch_expired", "This request could not be executed before the completion window expired.")
+
+
+def _unfinished_lines(batch, done_lines, code, message):
+    for _line, request in batch_pending_requests(batch, done_lines):
+        yield dumps_line(batch_error_line(request["custom_id"], message, code))
+
+
+def _result_file(batch, purpose, lines):
+    return file_write_lines(
+        owner_id=batch.owner_id, purpose=purpose, filename=f"{batch.pk}_{purpose.split('_')[1]}.jsonl", lines=lines
+    )
+
+
+def batch_finalize(*, batch_id, final_status, holder=None, unfinished=None):
+    """Writes the output and error files from the saved results and ends the batch.
+
+    Requests without a result go to the error file as `unfinished` = (code,
+    message) when given (always for an expired batch). Without `holder` the
+    caller must first take the lease (the API does this to cancel a batch no
+    worker holds); if a live worker holds it, the worker ends the batch instead
+    and this returns "skipped"."""
+    if final_status == Batch.Status.EXPIRED:
+        unfinished = EXPIRED_REQUEST
+    own_lease = holder is None
+    holder = holder or f"finalizer:{leases.holder_name()}"
+    batch = leases.claim(batch_id, holder)
+    if batch is None:
+        return "skipped"
+    try:
+        now = timezone.now()
         if final_status == Batch.Status.COMPLETED:
             Batch.objects.filter(pk=batch_id, finalizing_at=None).update(finalizing_at=now)
             Batch.objects.filter(pk=batch_id).update(status=Batch.Status.FINALIZING, updated_at=now)
@@ -475,6 +486,7 @@ def batch_give_up(*, batch_id, holder):
             )
             BatchResult.objects.filter(batch_id=batch_id).delete()
         logger.info("batch %s %s", batch_id, final_status)
+        _announce(batch_id)
         return str(final_status)
     finally:
         if own_lease:
