@@ -31,7 +31,11 @@ ANNOTATION_ACTIONS = {"ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_C
 def _enqueue(event_id):
     from django_q.tasks import async_task
 
-    async_task(PROCESS_TASK, event_id, task_name=f"labelstudio event {event_id}", group="labelstudio-events")
+    try:
+        async_task(PROCESS_TASK, event_id, task_name=f"labelstudio event {event_id}", group="labelstudio-events")
+    except Exception:
+        # The event is stored: answer 200 anyway; it stays "received" for the admin's "Process again".
+        logger.exception("Label Studio event %s stored but not queued (the task broker failed)", event_id)
 
 
 def _project_id(body):

@@ -171,3 +171,16 @@ class TestBackendWebhook:
         data = raw(body("ml_webhook_ANNOTATION_CREATED.json"))
         response = client.post("/labelstudio/webhook", data=data, content_type="application/json")
         assert response.status_code == 401 and WebhookEvent.objects.count() == 0
+
+
+def test_a_broker_failure_still_answers_200_and_keeps_the_event(
+    client, monkeypatch, django_capture_on_commit_callbacks
+):
+    def broken(*args, **kwargs):
+        raise ConnectionError("redis is down")
+
+    monkeypatch.setattr("django_q.tasks.async_task", broken)
+    with django_capture_on_commit_callbacks(execute=True):
+        response = post(client, body("webhook_TASKS_CREATED.json"))
+    assert response.status_code == 200
+    assert WebhookEvent.objects.get().status == WebhookEvent.Status.RECEIVED
