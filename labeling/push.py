@@ -274,25 +274,39 @@ def batch_saved(sender, instance, created, **kwargs):
         transaction.on_commit(lambda: enqueue_push(batch_id))
 
 
-def enqueue_push(batch_id, delay=None):
+def enqueue_push(batch_id, delay=None, attempt=0):
     from django_q.models import Schedule
     from django_q.tasks import async_task, schedule
 
     if delay:
-        schedule("labeling.push.push_task", batch_id, schedule_type=Schedule.ONCE, next_run=timezone.now() + delay)
+        schedule(
+            "labeling.push.push_task",
+            batch_id,
+            attempt,
+            schedule_type=Schedule.ONCE,
+            next_run=timezone.now() + delay,
+        )
     else:
-        async_task("labeling.push.push_task", batch_id)
+        async_task("labeling.push.push_task", batch_id, attempt, task_name=f"push {batch_id} to Label Studio")
 
 
-def push_task(batch_id):
+def push_task(batch_id, attempt=0):
     """django-q entry point: pushes the batch once it has finished; while it runs,
-    looks again in PUSH_RETRY_SECONDS (bounded by the batch's completion window)."""
+    looks again in PUSH_RETRY_SECONDS (bounded by the batch's completion window).
+
+    The first look, queued when the batch was created, usually comes before the
+    batch's own task: it queues itself once more at once, behind the batch, so a
+    worker that runs both pushes right after the batch ends instead of waiting for
+    django-q's scheduler (which looks at schedules every 30 s)."""
     batch = Batch.objects.filter(pk=batch_id).first()
     if batch is None:
         return "batch deleted"
     if batch.status in Batch.ACTIVE:
+        if attempt == 0:
+            enqueue_push(batch_id, attempt=1)
+            return f"batch {batch.status}, queued again behind it"
         if timezone.now() < batch.expires_at + timedelta(hours=1):
-            enqueue_push(batch_id, delay=timedelta(seconds=PUSH_RETRY_SECONDS))
+            enqueue_push(batch_id, delay=timedelta(seconds=PUSH_RETRY_SECONDS), attempt=attempt + 1)
             return f"batch {batch.status}, looking again in {PUSH_RETRY_SECONDS} s"
         logger.error("Batch %s never finished; it was not pushed to Label Studio", batch_id)
         return "gave up"
@@ -319,7 +333,7 @@ def push_batches_action(modeladmin, request, queryset):
             )
             continue
         if batch.status in Batch.ACTIVE:
-            enqueue_push(batch.id)
+            enqueue_push(batch.id, attempt=1)
             modeladmin.message_user(request, f"{batch.id} is {batch.status}: pushed when it finishes.", messages.INFO)
             continue
         try:

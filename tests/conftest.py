@@ -20,6 +20,8 @@ E2E_ENV = {
     "VLLM_BATCH_CPU_KVCACHE_GIB": "1",
     "VLLM_BATCH_HEARTBEAT_SECONDS": "2",
     "VLLM_BATCH_REALTIME_SWAP_HOLD_SECONDS": "10",
+    # Two secrets, as during a rotation; tests/labelstudio/test_loop.py registers webhooks with them.
+    "LABEL_STUDIO_WEBHOOK_SECRETS": "e2e-old-webhook-secret,e2e-webhook-secret",
 }
 
 

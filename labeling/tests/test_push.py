@@ -251,17 +251,23 @@ def test_a_new_user_batch_naming_a_project_is_pushed_when_it_finishes(
 ):
     queued = []
     monkeypatch.setattr("jobs.queueing.enqueue_batch", lambda batch_id: None)
-    monkeypatch.setattr(push, "enqueue_push", lambda batch_id, delay=None: queued.append((batch_id, delay)))
+    monkeypatch.setattr(
+        push, "enqueue_push", lambda batch_id, delay=None, attempt=0: queued.append((batch_id, delay, attempt))
+    )
     with django_capture_on_commit_callbacks(execute=True):
         mine = user_batch(owner, [chat("a", "Great")])
         user_batch(owner, [chat("a", "x")], metadata={"team": "nlp"})
         user_batch(owner, [chat("a", "x")], metadata={"labelstudio_project": "7", "labelstudio_model_version": "v"})
-    assert queued == [(mine.id, None)]
+    assert queued == [(mine.id, None, 0)]
 
     fake = FakeProject()
     monkeypatch.setattr(bulk, "label_studio_for", lambda project: fake)
-    assert "looking again" in push.push_task(mine.id)
+    # The first look queues itself behind the batch at once, later ones wait PUSH_RETRY_SECONDS.
+    assert "queued again behind it" in push.push_task(mine.id)
+    assert queued[-1] == (mine.id, None, 1)
+    assert "looking again" in push.push_task(mine.id, 1)
     assert queued[-1][0] == mine.id and queued[-1][1].total_seconds() == push.PUSH_RETRY_SECONDS
+    assert queued[-1][2] == 2
     finish(mine, [output_line("a", "Positive")])
     assert "1 tasks created, 1 with a prediction" in push.push_task(mine.id)
     assert "0 tasks created" in push.push_task(mine.id)
@@ -271,7 +277,7 @@ def test_a_new_user_batch_naming_a_project_is_pushed_when_it_finishes(
 def test_push_task_gives_up_past_the_window_and_reports_errors(project, owner):
     batch = user_batch(owner, [chat("a", "x")], metadata={"labelstudio_project": "99"})
     Batch.objects.filter(pk=batch.pk).update(expires_at=timezone.now() - timedelta(hours=2))
-    assert push.push_task(batch.id) == "gave up"
+    assert push.push_task(batch.id, 1) == "gave up"
     finish(batch, [])
     assert "No labeling project for Label Studio project 99" in push.push_task(batch.id)
 
@@ -279,7 +285,7 @@ def test_push_task_gives_up_past_the_window_and_reports_errors(project, owner):
 def test_the_batch_admin_has_the_push_action(project, owner, admin_client, monkeypatch):
     monkeypatch.setattr("jobs.queueing.enqueue_batch", lambda batch_id: None)
     queued = []
-    monkeypatch.setattr(push, "enqueue_push", lambda batch_id, delay=None: queued.append(batch_id))
+    monkeypatch.setattr(push, "enqueue_push", lambda batch_id, delay=None, attempt=0: queued.append(batch_id))
     fake = FakeProject()
     monkeypatch.setattr(bulk, "label_studio_for", lambda project: fake)
     done = finish(user_batch(owner, [chat("a", "Great"), chat("b", "Bad")]), [output_line("a", "Positive")])
@@ -314,3 +320,12 @@ def test_command_push_batch(project, owner, monkeypatch):
         call_command("labelstudio", "push-batch", batch.id)
     with pytest.raises(CommandError, match="No batch"):
         call_command("labelstudio", "push-batch", "batch_nope", "7")
+
+
+def test_later_looks_are_django_q_schedules(db):
+    from django_q.models import Schedule
+
+    push.enqueue_push("batch_x", delay=timedelta(seconds=push.PUSH_RETRY_SECONDS), attempt=2)
+    scheduled = Schedule.objects.get(func="labeling.push.push_task")
+    assert scheduled.schedule_type == Schedule.ONCE and scheduled.next_run > timezone.now()
+    assert scheduled.args == "('batch_x', 2)"
