@@ -7,7 +7,7 @@ from django.utils.html import format_html, format_html_join
 
 from jobs.models import Batch
 
-from . import accuracy_views, bulk, push, selectors
+from . import accuracy_views, bulk, push, selectors, store_admin
 from .label_config import LabelConfigError, parse_label_config
 from .models import LabelingProject, PredictionLog
 from .predictions import uses_guided_choice
@@ -33,6 +33,7 @@ class LabelingProjectForm(forms.ModelForm):
             "predictor",
             "few_shot_k",
             "embedding_model",
+            "train_after_ground_truth",
         )
         widgets = {"ls_access_token": forms.PasswordInput(render_value=True)}
 
@@ -104,7 +105,17 @@ class LabelingProjectAdmin(admin.ModelAdmin):
     list_display = ("__str__", "ls_project_id", "model", "model_version", "ls_hostname", "updated_at")
     list_select_related = ("model",)
     search_fields = ("title", "ls_project")
-    readonly_fields = ("model_version", "controls", "templates_in_use", "prompt_preview", "created_at", "updated_at")
+    readonly_fields = (
+        "model_version",
+        "controls",
+        "templates_in_use",
+        "prompt_preview",
+        "created_at",
+        "updated_at",
+        "annotation_store",
+        "ground_truth_revision",
+        "ls_deleted_at",
+    )
     fieldsets = (
         (None, {"fields": ("title", "ls_project", "ls_project_id", "ls_hostname", "ls_access_token")}),
         ("Labeling config", {"fields": ("label_config", "controls")}),
@@ -132,17 +143,36 @@ class LabelingProjectAdmin(admin.ModelAdmin):
                 "(or on-demand swaps); see the README, Label Studio: pre-annotation that learns.",
             },
         ),
+        (
+            "Annotations from Label Studio",
+            {
+                "fields": ("annotation_store", "ground_truth_revision", "train_after_ground_truth", "ls_deleted_at"),
+                "description": "Filled by Label Studio's webhooks (README: Label Studio loop) or Sync now.",
+            },
+        ),
         ("Times", {"fields": ("created_at", "updated_at")}),
     )
     inlines = [PredictionInline]
-    actions = [bulk.retrieve_predictions_action]
+    actions = [bulk.retrieve_predictions_action, store_admin.sync_action, store_admin.training_action]
     # Adds the "Accuracy" button to the project's page.
     change_form_template = "admin/labeling/project_change_form.html"
 
     def get_urls(self):
         page = self.admin_site.admin_view(self.accuracy_view)
         accuracy = path("<int:object_id>/accuracy/", page, name="labeling_labelingproject_accuracy")
-        return [accuracy, *super().get_urls()]
+        sync = path(
+            "<int:object_id>/sync/",
+            self.admin_site.admin_view(self.sync_view),
+            name="labeling_labelingproject_sync",
+        )
+        return [accuracy, sync, *super().get_urls()]
+
+    def sync_view(self, request, object_id):
+        return store_admin.sync_view(self, request, object_id)
+
+    @admin.display(description="annotation store")
+    def annotation_store(self, obj):
+        return store_admin.loop_summary(obj)
 
     def accuracy_view(self, request, object_id):
         return accuracy_views.accuracy_page(request, self, object_id)
