@@ -70,9 +70,28 @@ def predict(project, config, tasks, *, timeout=None):
     if index.matrix is None:
         return [TaskPrediction([], None, NO_GROUND_TRUTH) for _ in tasks]
     asked = [i for i, text in enumerate(texts) if text in vectors]
-    answers = fitted(project, index).predict([vectors[texts[i]] for i in asked]) if asked else []
+    # A task that is itself ground truth is predicted by a model that never saw it (one
+    # extra fit, without every such task of this call), so its prediction is not its label.
+    ids = {e.task_id for e in index.examples}
+    own = {_task_id(tasks[i]) for i in asked} & ids
+    answers = {}
+    groups = [
+        ([i for i in asked if _task_id(tasks[i]) not in own], None),
+        ([i for i in asked if _task_id(tasks[i]) in own], own),
+    ]
+    for members, left_out in groups:
+        if not members:
+            continue
+        if left_out is None:
+            model = fitted(project, index)
+        else:
+            kept = [n for n, e in enumerate(index.examples) if e.task_id not in left_out]
+            if not kept:
+                continue
+            model = BlendVote().fit(index.matrix[kept], [index.examples[n].answer for n in kept])
+        answers.update(zip(members, model.predict([vectors[texts[i]] for i in members]), strict=True))
     predictions = [TaskPrediction([], None, "the task has no text for the labeling config") for _ in tasks]
-    for i, (label, score) in zip(asked, answers, strict=True):
+    for i, (label, score) in sorted(answers.items()):
         item = {
             "from_name": control.name,
             "to_name": control.to_name,
@@ -80,8 +99,17 @@ def predict(project, config, tasks, *, timeout=None):
             "value": {"choices": [label]},
         }
         predictions[i] = TaskPrediction([item], score)
-    embedded = set(asked)
     for i, text in enumerate(texts):
-        if text is not None and i not in embedded:
-            predictions[i] = TaskPrediction([], None, "the task's text could not be embedded in this call")
+        if text is not None and i not in answers:
+            reason = (
+                "the task's text could not be embedded in this call"
+                if i not in asked
+                else "no ground truth besides the tasks of this call: nothing else to learn from"
+            )
+            predictions[i] = TaskPrediction([], None, reason)
     return predictions
+
+
+def _task_id(task):
+    task_id = task.get("id")
+    return task_id if isinstance(task_id, int) and not isinstance(task_id, bool) else None

@@ -207,3 +207,14 @@ def test_admin_sets_the_predictor_and_refuses_it_for_a_config_it_cannot_predict(
     assert response.status_code == 200
     project.refresh_from_db()
     assert project.few_shot_k == 4
+
+
+def test_a_ground_truth_task_is_predicted_by_a_model_that_never_saw_it(client, project, fake_embed, fits):
+    tasks = [{"id": 2, "data": {"text": "great great movie"}}, {"id": 40, "data": {"text": "good food"}}]
+    body = predict(client, tasks).json()
+    assert sorted(len(labels) for labels in fits) == [4, 5]  # the full model, and one without task 2
+    assert all(r["result"][0]["value"]["choices"][0] in ("Positive", "Negative", "Neutral") for r in body["results"])
+    everything = [{"id": task_id, "data": {"text": text}} for task_id, text, _ in GROUND_TRUTH]
+    body = predict(client, everything).json()
+    assert all(r["result"] == [] for r in body["results"])
+    assert "no ground truth besides the tasks of this call" in PredictionLog.objects.latest("id").error
