@@ -164,17 +164,17 @@ def _check_line(number, raw, endpoint, result, seen_ids, model_lookup):
             "missing_required_parameter", f"Missing required parameter: 'body.{required}'.", number, f"body.{required}"
         )
         return
+    problem = model_lookup(model)
+    if problem:
+        code, message = problem
+        result.add(code, message, number, "body.model")
+        return
     if endpoint == "/v1/chat/completions":
         problem = _messages_problem(body["messages"])
         if problem:
             param, message = problem
             result.add("invalid_value", message, number, param)
             return
-    problem = model_lookup(model)
-    if problem:
-        code, message = problem
-        result.add(code, message, number, "body.model")
-        return
     if result.model and model != result.model:
         result.add(
             "mismatched_model",
