@@ -96,6 +96,8 @@ def test_push_batch_command_to_a_second_project_and_its_errors(tiny_llama_ready,
     project = ls.create_project("push by command", CLASSIFICATION)
     ls.connect_ml_backend(project["id"], backend_url, "vllm-batch")
     lines = [request(f"r{i}", REVIEWS[i], True) for i in range(5)]
+    for line in lines:  # without logprobs: the predictions have no score
+        del line["body"]["logprobs"], line["body"]["top_logprobs"]
     data = "".join(json.dumps(line) + "\n" for line in lines).encode()
     file = client.files.create(file=("cmd.jsonl", io.BytesIO(data)), purpose="batch")
     batch = client.batches.create(input_file_id=file.id, endpoint="/v1/chat/completions", completion_window="24h")
@@ -105,8 +107,12 @@ def test_push_batch_command_to_a_second_project_and_its_errors(tiny_llama_ready,
         time.sleep(0.5)
     out = stack.manage("labelstudio", "push-batch", batch.id, str(project["id"]))
     assert "5 tasks created, 5 with a prediction" in out
-    stored = ls.tasks(project["id"], with_predictions=True)
+    stored = list(ls.tasks(project["id"], with_predictions=True))
     assert sorted(t["meta"]["custom_id"] for t in stored) == [f"r{i}" for i in range(5)]
+    for task in stored:
+        [prediction] = task["predictions"]
+        check_choices(prediction["result"][0], "sentiment", LABELS)
+        assert prediction["score"] is None
     with pytest.raises(RuntimeError, match="names no Label Studio project"):
         stack.manage("labelstudio", "push-batch", batch.id)
     with pytest.raises(RuntimeError, match="No labeling project for Label Studio project 99999"):
