@@ -104,7 +104,7 @@ def test_accuracy_page_draws_the_figures_and_compares_with_a_model_run_from_it(s
 
     browser.get(f"{stack.admin_url}labeling/labelingproject/{project_pk}/change/")
     browser.find_element(By.ID, "accuracy-link").click()
-    assert browser.current_url == page
+    WebDriverWait(browser, 30).until(lambda b: b.current_url == page and b.find_elements(By.ID, "acc-summary"))
     # The current version (tiny-llama's) has no predictions yet: the page says so.
     assert browser.find_element(By.ID, "acc-no-predictions").is_displayed()
 
