@@ -80,9 +80,11 @@ def _content_problem(content, param):
 
 
 def _messages_problem(messages):
-    """(param, message) for the first entry OpenAI would refuse, else None."""
-    if not isinstance(messages, list) or not messages:
-        return "body.messages", "body.messages must be a non-empty list."
+    """(param, message) for the first entry OpenAI would refuse, else None. A
+    `messages` that is no list, or an empty one, fails as that request's own error
+    when it runs (workers.bodies), as other bad parameters do."""
+    if not isinstance(messages, list):
+        return None
     for i, entry in enumerate(messages):
         param = f"body.messages.{i}"
         if not isinstance(entry, dict):

@@ -314,8 +314,6 @@ def test_content_parts_and_an_assistant_tool_call_are_accepted(user):
         ([{"role": "user", "content": ["hi"]}], "body.messages.0.content.0"),
         ([{"role": "user", "content": [{"text": "hi"}]}], "body.messages.0.content.0"),
         (["hi"], "body.messages.0"),
-        ([], "body.messages"),
-        ("hi", "body.messages"),
     ],
 )
 def test_a_bad_message_is_a_line_error(user, messages, param):
@@ -358,7 +356,7 @@ MALFORMED_LINES = [
         {**chat_request("a"), "body": {"model": "tiny-llama", "messages": [{"role": "user", "content": 1}]}},
         "invalid_value",
     ),
-    ({**chat_request("a"), "body": {"model": "tiny-llama", "messages": None}}, "invalid_value"),
+    ({**chat_request("a"), "body": {"model": "tiny-llama", "messages": [None]}}, "invalid_value"),
     (
         {
             **chat_request("a"),
@@ -376,3 +374,10 @@ def test_malformed_input_corpus(user, line, code):
     assert error["line"] == 2
     if code is not None:
         assert error["code"] == code
+
+
+@pytest.mark.parametrize("messages", [[], "hi", None])
+def test_messages_that_are_no_list_fail_as_their_request_not_the_batch(user, messages):
+    request = chat_request("a")
+    request["body"]["messages"] = messages
+    assert validate(user, [request]).status == "in_progress"
