@@ -105,6 +105,7 @@ def workers_reap(*, now=None):
         logger.warning("worker %s is lost: %s", worker.name, reason)
     horizon = now - timedelta(hours=settings.VLLM_BATCH["WORKER_PRUNE_HOURS"])
     pruned, _ = Worker.objects.filter(state__in=GONE_STATES, last_seen__lt=horizon).delete()
+    Supervisor.objects.filter(state=Supervisor.State.STOPPED, last_check__lt=horizon).delete()
     return lost, pruned
 
 

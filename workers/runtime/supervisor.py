@@ -109,6 +109,25 @@ def session_processes(sid):
     return found
 
 
+def _dead(process):
+    try:
+        return process.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def wait_dead(processes, timeout):
+    """Waits (bounded) until each process is gone or a zombie: a killed grandchild
+    stays a zombie until whoever inherited it reaps it, which is not ours to wait for."""
+    deadline = time.monotonic() + timeout
+    alive = list(processes)
+    while alive and time.monotonic() < deadline:
+        alive = [p for p in alive if not _dead(p)]
+        if alive:
+            time.sleep(0.05)
+    return alive
+
+
 class Watchdog:
     def __init__(self, *, interval=None, timeout=None, max_restarts=None, backoff=None, backoff_max=None, command=None):
         config = settings.VLLM_BATCH
@@ -147,7 +166,7 @@ class Watchdog:
                 process.kill()
             except psutil.Error:
                 pass
-        psutil.wait_procs(processes, timeout=30)
+        wait_dead(processes, timeout=30)
         self._reap()
         return {p.pid for p in processes}
 
