@@ -212,3 +212,22 @@ def test_a_dead_local_worker_and_a_silent_one_are_marked_lost(db):
     assert "process is gone" in dead.lost_reason
     assert silent.lost_reason.startswith("no heartbeat for")
     assert alive.state == Worker.State.IDLE
+
+
+def test_admin_shows_the_watchdog_and_lost_workers_with_why(admin_client, db):
+    from workers import services
+
+    record = services.supervisor_start(pid=99, cluster_name="test")
+    services.supervisor_update(record, state=Supervisor.State.FAILED, restarts=10, last_reason="gave up: 10 restarts")
+    make_worker(pid=7, state=Worker.State.LOST, lost_at=timezone.now(), lost_reason="frozen: no heartbeat for 31 s")
+    make_worker(pid=8)
+
+    page = admin_client.get("/admin/workers/supervisor/").content.decode()
+    assert "gave up: 10 restarts" in page and "failed" in page
+    live = admin_client.get("/admin/workers/worker/").context["cl"].result_list
+    assert [w.pid for w in live] == [8]
+    gone = admin_client.get("/admin/workers/worker/", {"show": "gone"})
+    assert [w.pid for w in gone.context["cl"].result_list] == [7]
+    assert "frozen: no heartbeat for 31 s" in gone.content.decode()
+    card = admin_client.get("/admin/workers/worker/heartbeat.json").json()
+    assert [w["pid"] for w in card["workers"]] == [8] and card["others"] == 1
