@@ -1,11 +1,27 @@
 """Admin pages of the completion webhooks: each key's endpoint (the secret shown
 once, when made) and the deliveries, with a re-send action for dead letters."""
 
+from django import forms
 from django.contrib import admin, messages
-from django.utils.html import format_html
+from django.template.response import TemplateResponse
 
 from . import webhooks
 from .models import WebhookDelivery, WebhookEndpoint
+
+
+class WebhookEndpointForm(forms.ModelForm):
+    class Meta:
+        model = WebhookEndpoint
+        fields = ["api_key", "url"]
+
+    def clean_url(self):
+        url = self.cleaned_data["url"].strip()
+        if url:
+            try:
+                webhooks.check_url(url)
+            except webhooks.UnsafeUrl as exc:
+                raise forms.ValidationError(str(exc)) from None
+        return url
 
 
 @admin.register(WebhookEndpoint)
@@ -13,28 +29,28 @@ class WebhookEndpointAdmin(admin.ModelAdmin):
     list_display = ["api_key", "url", "created_at"]
     search_fields = ["api_key__name", "url"]
     fields = ["api_key", "url"]
+    form = WebhookEndpointForm
 
     def get_readonly_fields(self, request, obj=None):
         return ["api_key"] if obj else []
 
     def save_model(self, request, obj, form, change):
-        try:
-            webhooks.check_url(obj.url) if obj.url else None
-        except webhooks.UnsafeUrl as exc:
-            self.message_user(request, f"Not saved: {exc}", messages.ERROR)
-            return
         if change:
             obj.save()
             return
         endpoint = webhooks.endpoint_create(api_key=obj.api_key, url=obj.url)
         obj.pk = endpoint.pk
-        self.message_user(
-            request,
-            format_html(
-                "Webhook secret for {} (shown once, store it now): <code>{}</code>", obj.api_key, endpoint.secret
-            ),
-            messages.WARNING,
-        )
+        request.new_webhook = endpoint
+
+    def response_add(self, request, obj, post_url_continue=None):
+        # The secret goes on the answer to the POST itself, never into a message (a cookie or the session).
+        endpoint = getattr(request, "new_webhook", None)
+        if endpoint is None:
+            return super().response_add(request, obj, post_url_continue)
+        context = {**self.admin_site.each_context(request), "title": "New webhook", "endpoint": endpoint}
+        response = TemplateResponse(request, "admin/jobs/webhook_created.html", context)
+        response["Cache-Control"] = "no-store"
+        return response
 
 
 @admin.register(WebhookDelivery)

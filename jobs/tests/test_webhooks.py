@@ -204,3 +204,18 @@ def test_a_batch_without_a_webhook_sends_nothing(user):
     batch = make_batch(user, [chat_request("a")])
     Batch.objects.filter(pk=batch.pk).update(status=Batch.Status.COMPLETED)
     assert webhooks.batch_ended(batch.pk) is None
+
+
+def test_the_admin_shows_a_new_webhook_secret_once_on_the_page_and_refuses_unsafe_urls(user, admin_client):
+    api_key, _raw = services.api_key_create(owner=user, name="hooks")
+
+    refused = admin_client.post("/admin/jobs/webhookendpoint/add/", {"api_key": api_key.pk, "url": "http://10.0.0.5/x"})
+    assert refused.status_code == 200 and "refused" in refused.content.decode()
+
+    page = admin_client.post("/admin/jobs/webhookendpoint/add/", {"api_key": api_key.pk, "url": ""})
+    endpoint = api_key.webhook
+    assert endpoint.secret in page.content.decode()
+    assert "no-store" in page["Cache-Control"]
+    assert (
+        endpoint.secret not in admin_client.get(f"/admin/jobs/webhookendpoint/{endpoint.pk}/change/").content.decode()
+    )
