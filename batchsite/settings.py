@@ -56,6 +56,10 @@ def env_bool(name, default):
     raise ImproperlyConfigured(f"{name} must be true or false, got {raw!r}")
 
 
+def env_list(name, default=""):
+    return [item.strip() for item in env_str(name, default).split(",") if item.strip()]
+
+
 VAR_DIR = Path(env_str("VLLM_BATCH_VAR_DIR", str(BASE_DIR / "var")))
 
 DEBUG = env_bool("DEBUG", False)
@@ -163,6 +167,15 @@ VLLM_BATCH = {
     "MAX_BATCH_REQUESTS": env_int("VLLM_BATCH_MAX_BATCH_REQUESTS", 50_000),
     "MAX_LINE_BYTES": env_int("VLLM_BATCH_MAX_LINE_BYTES", 16 * 1024 * 1024),
     "MAX_METADATA_PAIRS": 16,
+    # Per API key: requests per second, minute, hour or day ("20/s"; empty: none).
+    # Per owner (0: no limit): batches not yet finished, bytes of stored files,
+    # realtime requests at once.
+    "THROTTLE_RATE": env_str("VLLM_BATCH_THROTTLE_RATE", "50/s"),
+    "MAX_OPEN_BATCHES": env_int("VLLM_BATCH_MAX_OPEN_BATCHES", 100),
+    "MAX_STORED_BYTES": env_int("VLLM_BATCH_MAX_STORED_BYTES", 100 * 1024**3),
+    "MAX_CONCURRENT_REALTIME": env_int("VLLM_BATCH_MAX_CONCURRENT_REALTIME", 32),
+    # How often the cluster deletes files past their expires_after.
+    "FILE_EXPIRY_MINUTES": env_int("VLLM_BATCH_FILE_EXPIRY_MINUTES", 10),
     # Requests handed to the engine at once; results and progress are saved per chunk.
     "CHUNK_SIZE": env_int("VLLM_BATCH_CHUNK_SIZE", 256),
     # A task works on one batch for at most this long, then queues its continuation,
@@ -176,17 +189,6 @@ VLLM_BATCH = {
     # A batch under which the engine's process dies is resumed on a new engine;
     # after this many deaths its remaining requests end as errors.
     "MAX_ENGINE_FAILURES": env_int("VLLM_BATCH_MAX_ENGINE_FAILURES", 3),
-    # Realtime requests: default timeout (s); whether a request for a model no
-    # worker holds makes a worker load it (between a batch's chunks) instead of
-    # getting 503 model_not_loaded; and how long such a model stays loaded after
-    # its last realtime request before batches may swap it out again.
-    "REALTIME_TIMEOUT": env_float("VLLM_BATCH_REALTIME_TIMEOUT", 60.0),
-    "REALTIME_SWAP": env_bool("VLLM_BATCH_REALTIME_SWAP", False),
-    "REALTIME_SWAP_HOLD_SECONDS": env_float("VLLM_BATCH_REALTIME_SWAP_HOLD_SECONDS", 60.0),
-    # Where each worker's realtime server listens (port 0: any free one); the
-    # address is published as-is, so workers on other hosts need one the web reaches.
-    "REALTIME_HOST": env_str("VLLM_BATCH_REALTIME_HOST", "127.0.0.1"),
-    "REALTIME_PORT": env_int("VLLM_BATCH_REALTIME_PORT", 0),
     # Self-healing. A batch whose validation or processing raised this many times
     # (or whose worker got stuck: a fresh lease, no progress for STUCK_MINUTES) ends.
     "MAX_BATCH_ATTEMPTS": env_int("VLLM_BATCH_MAX_BATCH_ATTEMPTS", 3),
@@ -209,6 +211,30 @@ VLLM_BATCH = {
     "WEBHOOK_RETRY_SECONDS": env_float("VLLM_BATCH_WEBHOOK_RETRY_SECONDS", 30.0),
     "WEBHOOK_TIMEOUT": env_float("VLLM_BATCH_WEBHOOK_TIMEOUT", 10.0),
     "WEBHOOK_ALLOW_PRIVATE": env_bool("VLLM_BATCH_WEBHOOK_ALLOW_PRIVATE", False),
+    # Realtime requests: default timeout (s); whether a request for a model no
+    # worker holds makes a worker load it (between a batch's chunks) instead of
+    # getting 503 model_not_loaded; and how long such a model stays loaded after
+    # its last realtime request before batches may swap it out again.
+    "REALTIME_TIMEOUT": env_float("VLLM_BATCH_REALTIME_TIMEOUT", 60.0),
+    "REALTIME_SWAP": env_bool("VLLM_BATCH_REALTIME_SWAP", False),
+    "REALTIME_SWAP_HOLD_SECONDS": env_float("VLLM_BATCH_REALTIME_SWAP_HOLD_SECONDS", 60.0),
+    # Where each worker's realtime server listens (port 0: any free one); the
+    # address is published as-is, so workers on other hosts need one the web reaches.
+    "REALTIME_HOST": env_str("VLLM_BATCH_REALTIME_HOST", "127.0.0.1"),
+    "REALTIME_PORT": env_int("VLLM_BATCH_REALTIME_PORT", 0),
+    # The vllm.LLM arguments a registered model's extra_engine_args may set: tuning
+    # only. Left out on purpose: trust_remote_code, hf_overrides, tokenizer,
+    # download_dir, worker_cls, logits_processors and the like, which run or load
+    # code from elsewhere. Checked in the admin, by register_model and at load.
+    "ENGINE_ARGS_ALLOWED": frozenset(
+        env_list(
+            "VLLM_BATCH_ENGINE_ARGS_ALLOWED",
+            "max_num_seqs,max_num_batched_tokens,enable_prefix_caching,enable_chunked_prefill,"
+            "kv_cache_dtype,block_size,swap_space,cpu_offload_gb,enforce_eager,max_seq_len_to_capture,"
+            "max_logprobs,seed,quantization,pipeline_parallel_size,disable_sliding_window,"
+            "disable_cascade_attn,tokenizer_mode,max_parallel_loading_workers",
+        )
+    ),
     # vLLM's KV cache on a CPU host, in GiB (ignored on a GPU).
     "CPU_KVCACHE_GIB": env_int("VLLM_BATCH_CPU_KVCACHE_GIB", 2),
     # Where `manage.py worker status` checks that the web API answers.
@@ -233,6 +259,12 @@ LABEL_STUDIO_BACKEND_PASSWORD = env_str("LABEL_STUDIO_BACKEND_PASSWORD", "")
 # hostname and token Label Studio sent in /setup for each project.
 LABEL_STUDIO_URL = env_str("LABEL_STUDIO_URL", "")
 LABEL_STUDIO_API_KEY = env_str("LABEL_STUDIO_API_KEY", "")
+# Label Studio webhooks (POST /v1/webhooks/label-studio): the secrets a delivery's
+# header must carry (comma-separated, several during a rotation; none: every
+# delivery is refused), the header's name, and the largest body stored.
+LABEL_STUDIO_WEBHOOK_SECRETS = [s.strip() for s in env_str("LABEL_STUDIO_WEBHOOK_SECRETS", "").split(",") if s.strip()]
+LABEL_STUDIO_WEBHOOK_HEADER = env_str("LABEL_STUDIO_WEBHOOK_HEADER", "X-Webhook-Secret")
+LABEL_STUDIO_WEBHOOK_MAX_BYTES = env_int("LABEL_STUDIO_WEBHOOK_MAX_BYTES", 5 * 1024 * 1024)
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["jobs.auth.ApiKeyAuthentication"],
@@ -244,6 +276,7 @@ REST_FRAMEWORK = {
         "rest_framework.parsers.FormParser",
     ],
     "EXCEPTION_HANDLER": "batchsite.errors.openai_exception_handler",
+    "DEFAULT_THROTTLE_CLASSES": ["jobs.throttling.ApiKeyRateThrottle"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "UNAUTHENTICATED_USER": None,
 }
@@ -257,6 +290,12 @@ SPECTACULAR_SETTINGS = {
 }
 
 REDIS_URL = env_str("REDIS_URL", "")
+# Throttling's and the realtime quota's counters: shared through Redis when there
+# is one, else each process's own memory.
+if REDIS_URL:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
+else:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
 Q_CLUSTER = {
     "name": env_str("Q_CLUSTER_NAME", "vllm-batch"),
     # One worker per cluster: each worker process holds its own engine, and a GPU
@@ -307,3 +346,24 @@ LOGGING = {
 SESSION_COOKIE_HTTPONLY = True
 CSRF_COOKIE_HTTPONLY = False
 X_FRAME_OPTIONS = "DENY"
+
+# HTTPS, behind a proxy that terminates TLS (deploy/env.example). VLLM_BATCH_HTTPS
+# turns on secure cookies, the redirect to https and HSTS; the proxy must set
+# X-Forwarded-Proto (and strip it from clients), or Django cannot tell https apart.
+HTTPS = env_bool("VLLM_BATCH_HTTPS", False)
+if env_bool("VLLM_BATCH_BEHIND_PROXY", HTTPS):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+# Origins the admin's forms are posted from, e.g. https://batch.example.org.
+CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS")
+SESSION_COOKIE_SECURE = HTTPS
+CSRF_COOKIE_SECURE = HTTPS
+SECURE_SSL_REDIRECT = env_bool("VLLM_BATCH_SSL_REDIRECT", HTTPS)
+SECURE_HSTS_SECONDS = env_int("VLLM_BATCH_HSTS_SECONDS", 31_536_000 if HTTPS else 0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("VLLM_BATCH_HSTS_INCLUDE_SUBDOMAINS", HTTPS)
+SECURE_HSTS_PRELOAD = env_bool("VLLM_BATCH_HSTS_PRELOAD", False)
+if not SECURE_HSTS_PRELOAD:
+    # Preloading is a lasting commitment of the whole domain: the operator's choice,
+    # not a default `check --deploy` should push for.
+    SILENCED_SYSTEM_CHECKS = ["security.W021"]
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
