@@ -24,7 +24,7 @@ serve: setup
 	$(VENV)/bin/gunicorn batchsite.wsgi -c deploy/gunicorn.conf.py
 
 worker: setup
-	$(PY) manage.py qcluster
+	$(PY) manage.py watchdog
 
 bench: setup
 	$(PY) bench/run_batch_bench.py

@@ -1,4 +1,5 @@
-"""The `vllm-batch` console script: `vllm-batch worker status` = `manage.py worker status`."""
+"""The `vllm-batch` console script: `vllm-batch worker status` = `manage.py worker status`,
+`vllm-batch watchdog` = `manage.py watchdog`."""
 
 import os
 import sys

@@ -150,6 +150,25 @@ class Stack:
         self.worker = self._spawn("worker", [PYTHON, "manage.py", "qcluster"])
         return self.worker
 
+    def start_watchdog(self, *args):
+        """`manage.py watchdog` in place of the bare cluster: it starts the cluster and restarts it."""
+        self.worker = self._spawn("worker", [PYTHON, "manage.py", "watchdog", *args])
+        return self.worker
+
+    def cluster_processes(self):
+        """Under the watchdog: the cluster it runs now (every process of its session), without the watchdog."""
+        if self.worker is None or self.worker.poll() is not None:
+            return []
+        found = []
+        for child in psutil.Process(self.worker.pid).children():
+            for process in psutil.process_iter():
+                try:
+                    if os.getsid(process.pid) == child.pid:
+                        found.append(process)
+                except (OSError, psutil.Error):
+                    continue
+        return found
+
     def worker_processes(self):
         """The cluster's processes: main, sentinel, workers, and vLLM's engine processes."""
         if self.worker is None or self.worker.poll() is not None:

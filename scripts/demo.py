@@ -2,11 +2,15 @@
 
 Starts the web server and the worker cluster, submits a sample batch with the
 official openai SDK, waits for it, and shows the first results and the counts.
-Run with `make demo`; `--keep-running` leaves the server and worker up.
+Run with `make demo`; `--keep-running` leaves the server and worker up. The
+worker runs under `manage.py watchdog`, which restarts it if it dies or freezes.
+Ctrl-C, SIGTERM (a `kill`, a container stop) and SIGHUP (a closed terminal) stop
+everything this script started.
 """
 
 import argparse
 import json
+import signal
 import sys
 import time
 from pathlib import Path
@@ -37,7 +41,14 @@ def sample_requests(count):
     return requests
 
 
+def _stop_on_signal(signum, frame):
+    # Unwinds to main's `finally`, which stops the server and the watchdog with its cluster.
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main():
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _stop_on_signal)
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--requests", type=int, default=500)
     parser.add_argument("--port", type=int, default=None)
@@ -54,13 +65,13 @@ def main():
         pass
 
     stack = Stack(PROJECT_DIR / "var", port=port)
-    print("1/5 database, tiny model and model registry ...", flush=True)
-    stack.setup()
-    api_key = stack.create_api_key("demo")
-    print(f"2/5 web server on {stack.base_url} and worker cluster ...", flush=True)
-    stack.start_web()
-    stack.start_worker()
     try:
+        print("1/5 database, tiny model and model registry ...", flush=True)
+        stack.setup()
+        api_key = stack.create_api_key("demo")
+        print(f"2/5 web server on {stack.base_url} and worker cluster (under manage.py watchdog) ...", flush=True)
+        stack.start_web()
+        stack.start_watchdog()
         client = openai.OpenAI(base_url=stack.base_url, api_key=api_key, max_retries=2)
         requests = sample_requests(args.requests)
         payload = ("\n".join(json.dumps(r) for r in requests) + "\n").encode()
@@ -113,6 +124,9 @@ def main():
     except KeyboardInterrupt:
         pass
     finally:
+        # A second signal must not cut the stop short and leave processes behind.
+        for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+            signal.signal(sig, signal.SIG_IGN)
         stack.stop()
 
 

@@ -93,7 +93,10 @@ def _die_with_parent():
 
 def cluster_command():
     manage = Path(settings.BASE_DIR) / "manage.py"
-    return [sys.executable, str(manage), "qcluster"]
+    if manage.exists():
+        return [sys.executable, str(manage), "qcluster"]
+    # Installed as a package without the source tree: the console script's entry point.
+    return [sys.executable, "-c", "from batchsite.cli import main; main()", "qcluster"]
 
 
 def session_processes(sid):
