@@ -265,6 +265,9 @@ LABEL_STUDIO_API_KEY = env_str("LABEL_STUDIO_API_KEY", "")
 LABEL_STUDIO_WEBHOOK_SECRETS = [s.strip() for s in env_str("LABEL_STUDIO_WEBHOOK_SECRETS", "").split(",") if s.strip()]
 LABEL_STUDIO_WEBHOOK_HEADER = env_str("LABEL_STUDIO_WEBHOOK_HEADER", "X-Webhook-Secret")
 LABEL_STUDIO_WEBHOOK_MAX_BYTES = env_int("LABEL_STUDIO_WEBHOOK_MAX_BYTES", 5 * 1024 * 1024)
+# Whether the web process applies each stored event right after answering (besides
+# the django-q task, which waits while the cluster's worker runs a batch slice).
+LABEL_STUDIO_EVENTS_INLINE = env_bool("LABEL_STUDIO_EVENTS_INLINE", True)
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["jobs.auth.ApiKeyAuthentication"],

@@ -11,3 +11,5 @@ STORAGES["default"]["OPTIONS"]["location"] = str(VAR_DIR / "files")
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 STATIC_ROOT = VAR_DIR / "static"
 STATIC_ROOT.mkdir()
+# Fast tests apply webhook events through the task entry point only (a test turns the inline path on).
+LABEL_STUDIO_EVENTS_INLINE = False

@@ -9,9 +9,10 @@ arrives after a newer one, changes nothing.
 
 import json
 import logging
+from concurrent.futures import ThreadPoolExecutor
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connections, transaction
 from django.utils import timezone
 
 from batchsite.errors import ApiError, TooLarge
@@ -28,6 +29,22 @@ MAX_ERROR = 4000
 ANNOTATION_ACTIONS = {"ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_CREATED"}
 
 
+# The cluster's one worker may be running a batch slice for minutes: the web process
+# also applies each event itself right after answering, on one thread (in order,
+# one writer). The queued task stays the durable path (a web process that dies
+# first); processing twice changes nothing.
+_inline = ThreadPoolExecutor(max_workers=1, thread_name_prefix="labelstudio-events")
+
+
+def _process_inline(event_id):
+    try:
+        event_process(event_id=event_id)
+    except Exception:
+        logger.exception("Label Studio event %s: processing in the web process failed", event_id)
+    finally:
+        connections.close_all()
+
+
 def _enqueue(event_id):
     from django_q.tasks import async_task
 
@@ -36,6 +53,8 @@ def _enqueue(event_id):
     except Exception:
         # The event is stored: answer 200 anyway; it stays "received" for the admin's "Process again".
         logger.exception("Label Studio event %s stored but not queued (the task broker failed)", event_id)
+    if settings.LABEL_STUDIO_EVENTS_INLINE:
+        _inline.submit(_process_inline, event_id)
 
 
 def _project_id(body):

@@ -184,3 +184,22 @@ def test_a_broker_failure_still_answers_200_and_keeps_the_event(
         response = post(client, body("webhook_TASKS_CREATED.json"))
     assert response.status_code == 200
     assert WebhookEvent.objects.get().status == WebhookEvent.Status.RECEIVED
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_web_process_applies_the_event_itself_when_the_cluster_is_busy(client, settings, monkeypatch):
+    """The queued task waits behind a running batch slice; the web process applies
+    the stored event right after answering, on its own thread."""
+    settings.LABEL_STUDIO_WEBHOOK_SECRETS = ["new-secret"]
+    settings.LABEL_STUDIO_EVENTS_INLINE = True
+    queued = []
+    monkeypatch.setattr("django_q.tasks.async_task", lambda *args, **kwargs: queued.append(args))
+    response = post(client, body("webhook_TASKS_CREATED.json"))
+    assert response.status_code == 200
+    event_id = response.json()["event_id"]
+    events._inline.submit(lambda: None).result(timeout=30)  # the thread has run what was before it
+    assert WebhookEvent.objects.get(pk=event_id).status == WebhookEvent.Status.PROCESSED
+    assert queued and queued[0][1] == event_id  # the durable path is still queued
+    # The task arriving later changes nothing.
+    assert events.event_process(event_id=event_id) == WebhookEvent.Status.PROCESSED
+    assert WebhookEvent.objects.get(pk=event_id).attempts == 1
