@@ -8,12 +8,15 @@ import json
 import re
 import signal
 import subprocess
+import threading
 import time
 from datetime import datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import openai
 import psutil
 import pytest
+from standardwebhooks.webhooks import Webhook
 
 from devtools.devstack import PROJECT_DIR, PYTHON, Stack
 
@@ -40,17 +43,48 @@ def healing(tmp_path_factory, tiny_model_path):
             "VLLM_BATCH_WATCHDOG_INTERVAL": str(INTERVAL),
             "VLLM_BATCH_WATCHDOG_MAX_RESTARTS": str(MAX_RESTARTS),
             "Q_POLL": "0.2",
+            # The completion webhook goes to a receiver on loopback.
+            "VLLM_BATCH_WEBHOOK_ALLOW_PRIVATE": "1",
         },
     )
     try:
         stack.setup(tiny_path=tiny_model_path)
         stack.api_key = stack.create_api_key("healing")
+        stack.webhook_secret = stack.manage(
+            "shell",
+            "-c",
+            "from jobs import webhooks; from jobs.models import ApiKey; "
+            "print(webhooks.endpoint_create(api_key=ApiKey.objects.get(name='healing')).secret)",
+        ).split()[-1]  # after the shell's own "N objects imported automatically" line
         stack.start_web()
         stack.start_watchdog()
         stack.client = openai.OpenAI(base_url=stack.base_url, api_key=stack.api_key, max_retries=2, timeout=60)
         yield stack
     finally:
         stack.stop()
+
+
+@pytest.fixture(scope="module")
+def receiver():
+    """A webhook receiver on loopback that records every delivery."""
+    received = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):
+            received.append((dict(self.headers), self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    server.received = received
+    server.url = f"http://127.0.0.1:{server.server_port}/hook"
+    yield server
+    server.shutdown()
+    server.server_close()
 
 
 def cluster_main(stack):
@@ -99,10 +133,10 @@ def worker_status(stack):
     return json.loads(result.stdout)
 
 
-def test_kill_9_of_the_cluster_mid_batch(healing):
+def test_kill_9_of_the_cluster_mid_batch(healing, receiver):
     client = healing.client
     requests = [chat_request(f"h{i}", f"heal {i}", max_tokens=16, temperature=0, ignore_eos=True) for i in range(N)]
-    batch = submit(client, requests)
+    batch = submit(client, requests, metadata={"webhook_url": receiver.url})
     wait_for(client, batch.id, lambda b: b.request_counts.completed >= 48, timeout=300)
 
     old = cluster_main(healing)
@@ -139,6 +173,16 @@ def test_kill_9_of_the_cluster_mid_batch(healing):
     assert errors == []
     assert batch.usage.input_tokens == sum(o["response"]["body"]["usage"]["prompt_tokens"] for o in output)
     assert batch.usage.output_tokens == sum(o["response"]["body"]["usage"]["completion_tokens"] for o in output)
+
+    # The owner hears about it once, with a signature the Standard Webhooks library accepts.
+    deadline = time.monotonic() + 60
+    while not receiver.received and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(2)
+    [(headers, body)] = receiver.received
+    event = Webhook(healing.webhook_secret).verify(body, {k.lower(): v for k, v in headers.items()})
+    assert event["type"] == "batch.completed"
+    assert event["data"]["id"] == batch.id and event["data"]["request_counts"]["completed"] == N
 
     status = worker_status(healing)
     lost = [w for w in status["workers"] if w["lost_reason"]]
