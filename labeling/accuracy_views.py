@@ -1,10 +1,12 @@
 """Accuracy of a labeling project's predictions: `GET /v1/labeling/projects/{id}/accuracy`
 and the admin's accuracy page (confusion-matrix heatmap, per-label F1 bars, two model
-versions side by side, and the button that asks another model about the ground truth).
+versions side by side, the button that asks another model about the ground truth, and
+the predictor comparison's learning curve).
 
 Charts are drawn here as numbers for the templates (cell colours, bar geometry), so the
 page needs no JavaScript and nothing from outside the server."""
 
+import math
 import re
 
 from django.contrib import messages
@@ -13,6 +15,7 @@ from django.http import HttpResponseRedirect
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import reverse
+from django.utils.dateparse import parse_datetime
 from django.utils.http import urlencode
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers
@@ -22,6 +25,7 @@ from rest_framework.views import APIView
 from batchsite.errors import ApiError, NotFound
 from workers.models import RegisteredModel
 
+from . import comparison as predictor_comparison
 from . import evaluation
 from .label_config import LabelConfigError
 from .models import LabelingProject
@@ -449,6 +453,128 @@ def _start_ground_truth_run(request, project):
     return HttpResponseRedirect(page_url(project, model_version=chosen, compare=version if version != chosen else None))
 
 
+# Predictor comparison (zero-shot, few-shot, embedding): learning curve ----------------
+
+METHOD_STYLES = {
+    "zero_shot": ("Zero-shot LLM", "#8a8a8a", "6 4"),
+    "few_shot": ("Few-shot LLM", "#417690", ""),
+    "embedding": ("Embedding predictor", "#e0a030", ""),
+}
+CURVE_LEFT, CURVE_TOP, CURVE_WIDTH, CURVE_HEIGHT = 48, 12, 420, 220
+
+
+def learning_curve_chart(report):
+    """An SVG line chart of accuracy (y, 0 to 1) against the number of ground-truth
+    examples (x, log scale); zero-shot learns nothing, so it is a flat line."""
+    sizes = [p["size"] for p in report["curve"]]
+    low, high = (math.log(min(sizes)), math.log(max(sizes))) if sizes else (0.0, 0.0)
+
+    def x(size):
+        if high == low:
+            return CURVE_LEFT + CURVE_WIDTH / 2
+        return round(CURVE_LEFT + (math.log(size) - low) / (high - low) * CURVE_WIDTH, 1)
+
+    def y(value):
+        return round(CURVE_TOP + (1 - value) * CURVE_HEIGHT, 1)
+
+    lines = []
+    for method in report["methods"]:
+        name, colour, dash = METHOD_STYLES[method]
+        if method == "zero_shot":
+            value = (report["zero_shot"] or {}).get("accuracy")
+            if value is None:
+                continue
+            title = f"{name}: {fmt(value, 'percent')} at every size"
+            points = f"{CURVE_LEFT},{y(value)} {CURVE_LEFT + CURVE_WIDTH},{y(value)}"
+            lines.append(
+                {
+                    "method": method,
+                    "name": name,
+                    "colour": colour,
+                    "dash": dash,
+                    "title": title,
+                    "dots": [],
+                    "points": points,
+                }
+            )
+            continue
+        dots = [
+            {"x": x(p["size"]), "y": y(v), "title": f"{name}, {p['size']} examples: {fmt(v, 'percent')}"}
+            for p in report["curve"]
+            if (v := (p.get(method) or {}).get("accuracy")) is not None
+        ]
+        lines.append(
+            {
+                "method": method,
+                "name": name,
+                "colour": colour,
+                "dash": dash,
+                "title": name,
+                "dots": dots,
+                "points": " ".join(f"{d['x']},{d['y']}" for d in dots),
+            }
+        )
+    bottom = CURVE_TOP + CURVE_HEIGHT
+    return {
+        "width": CURVE_LEFT + CURVE_WIDTH + 24,
+        "height": bottom + 40,
+        "left": CURVE_LEFT,
+        "right": CURVE_LEFT + CURVE_WIDTH,
+        "bottom": bottom,
+        "axis_label_x": CURVE_LEFT + CURVE_WIDTH / 2,
+        "axis_label_y": bottom + 34,
+        "y_grid": [{"y": y(t), "text_y": y(t) + 4, "label": f"{t * 100:.0f} %"} for t in (0, 0.25, 0.5, 0.75, 1)],
+        "x_ticks": [{"x": x(size), "label": size} for size in sizes],
+        "lines": lines,
+    }
+
+
+def predictor_comparison_view(state):
+    """What the page shows of LabelingProject.predictor_comparison: the status, an
+    error, and the latest report as a table and a learning-curve chart."""
+    if not state:
+        return None
+    view = {
+        "status": state.get("status"),
+        "error": state.get("error"),
+        "queued_by": state.get("queued_by"),
+        "queued_at": parse_datetime(state["queued_at"]) if state.get("queued_at") else None,
+        "started_at": parse_datetime(state["started_at"]) if state.get("started_at") else None,
+        "finished_at": parse_datetime(state["finished_at"]) if state.get("finished_at") else None,
+        "notes": [
+            {"name": METHOD_STYLES[method][0], "why": why}
+            for method, why in (state.get("notes") or {}).items()
+            if method in METHOD_STYLES
+        ],
+        "report": None,
+    }
+    report = state.get("report")
+    if report:
+        methods = [m for m in report["methods"] if m in METHOD_STYLES]
+        zero = (report["zero_shot"] or {}).get("accuracy")
+        view["report"] = report
+        view["columns"] = [METHOD_STYLES[m][0] for m in methods]
+        view["rows"] = [
+            {
+                "size": point["size"],
+                "cells": [
+                    fmt(zero if m == "zero_shot" else (point.get(m) or {}).get("accuracy"), "percent") for m in methods
+                ],
+            }
+            for point in report["curve"]
+        ]
+        view["chart"] = learning_curve_chart({**report, "methods": methods})
+    return view
+
+
+def _queue_predictor_comparison(request, project):
+    predictor_comparison.queue_comparison(project, owner=request.user)
+    messages.success(
+        request, "Predictor comparison queued; it runs in the task queue. Reload this page to see its result."
+    )
+    return HttpResponseRedirect(page_url(project) + "#acc-predictors")
+
+
 def accuracy_page(request, model_admin, object_id):
     """The admin page (wrapped by admin_view, so staff only); viewing needs the view
     permission on labeling projects, starting a run the change permission."""
@@ -459,6 +585,8 @@ def accuracy_page(request, model_admin, object_id):
     if request.method == "POST":
         if not may_run:
             raise PermissionDenied
+        if request.POST.get("action") == "compare-predictors":
+            return _queue_predictor_comparison(request, project)
         return _start_ground_truth_run(request, project)
 
     versions = evaluation.model_versions(project)
@@ -497,5 +625,6 @@ def accuracy_page(request, model_admin, object_id):
         "models": [{"model": m, "version": evaluation.version_for(project, m)} for m in models],
         "runs": evaluation.ground_truth_batches(project),
         "page_url": page_url(project),
+        "predictors": predictor_comparison_view(project.predictor_comparison),
     }
     return TemplateResponse(request, "admin/labeling/accuracy.html", context)

@@ -8,9 +8,11 @@ prompts and the embedding predictor learn from. Held-out tasks are never in the
 pool, so no task is ever its own example. Figures come from labeling/accuracy.py.
 """
 
+import logging
 import time
 
 import numpy as np
+from django.utils import timezone
 
 from batchsite.errors import ApiError
 from workers import inference
@@ -19,12 +21,18 @@ from . import examples as E
 from . import predictions as P
 from .accuracy import accuracy_by_control
 from .fewshot import nearest_examples
+from .label_config import LabelConfigError
 from .learners import BlendVote
+from .models import LabelingProject
+
+logger = logging.getLogger(__name__)
 
 METHODS = ("zero_shot", "few_shot", "embedding")
 DEFAULT_SIZES = (20, 50, 100, 200, 500)
 DEFAULT_K = 4
 CHAT_TIMEOUT = 600.0
+PAGE_SIZES = (5, 10, 20, 50, 100, 200, 500, 1000)
+COMPARE_TASK = "labeling.comparison.compare_task"
 
 
 class ComparisonError(ApiError):
@@ -154,3 +162,94 @@ def summary_rows(report):
         (p["size"], zero, (p.get("few_shot") or {}).get("accuracy"), (p.get("embedding") or {}).get("accuracy"))
         for p in report["curve"]
     ]
+
+
+# The accuracy page's comparison: queued from the page, run in a django-q task, kept
+# in LabelingProject.predictor_comparison (the cache is per process).
+
+
+def applicable_methods(project, config):
+    """(methods, {method: why it is left out}) for this project."""
+    methods, notes = [], {}
+    if project.model is None or not project.model.is_active:
+        why = "the project has no active LLM model"
+        notes["zero_shot"] = notes["few_shot"] = why
+    else:
+        methods += ["zero_shot", "few_shot"]
+    if P.uses_guided_choice(config):
+        methods.append("embedding")
+    else:
+        notes["embedding"] = "the embedding predictor needs one single-choice Choices control"
+    return methods, notes
+
+
+def fitting_sizes(ground_truth, held_out=None):
+    """The sizes of PAGE_SIZES the pool left after holding out (as learning_curve
+    does) can give; the whole pool when it is smaller than all of them."""
+    held_out = min(200, ground_truth // 4) if held_out is None else held_out
+    pool = ground_truth - held_out
+    sizes = [s for s in PAGE_SIZES if s <= pool]
+    return sizes or ([pool] if pool >= 1 else [])
+
+
+def _store(project_id, **state):
+    LabelingProject.objects.filter(pk=project_id).update(predictor_comparison=state)
+
+
+def queue_comparison(project, *, owner=None):
+    """Marks the comparison queued (the previous report stays shown) and queues it."""
+    from django_q.tasks import async_task
+
+    previous = project.predictor_comparison or {}
+    state = {
+        "status": "queued",
+        "queued_at": timezone.now().isoformat(),
+        "queued_by": owner.get_username() if owner is not None else None,
+        "report": previous.get("report"),
+        "finished_at": previous.get("finished_at"),
+        "notes": previous.get("notes") or {},
+    }
+    _store(project.pk, **state)
+    project.predictor_comparison = state
+    async_task(COMPARE_TASK, project.pk, {}, task_name=f"labelstudio predictor comparison {project.pk}")
+    return state
+
+
+def compare_task(project_id, options=None):
+    """The django-q task: learning_curve with the methods and sizes that fit the
+    project (or those in `options`), stored with its time; an error is stored too."""
+    options = options or {}
+    project = LabelingProject.objects.select_related("model", "embedding_model").filter(pk=project_id).first()
+    if project is None:
+        return None
+    previous = project.predictor_comparison or {}
+    state = {
+        "queued_at": previous.get("queued_at"),
+        "queued_by": previous.get("queued_by"),
+        "started_at": timezone.now().isoformat(),
+        "report": previous.get("report"),
+        "finished_at": previous.get("finished_at"),
+        "notes": previous.get("notes") or {},
+    }
+    _store(project_id, status="running", **state)
+    try:
+        config = project.parsed_config()
+        methods, notes = applicable_methods(project, config)
+        methods = options.get("methods") or methods
+        if not methods:
+            raise ComparisonError("No predictor applies to this project: " + "; ".join(sorted(set(notes.values()))))
+        held_out = options.get("held_out")
+        sizes = options.get("sizes") or fitting_sizes(len(E.ground_truth_examples(project, config)), held_out)
+        report = learning_curve(
+            project, sizes, held_out=held_out, seed=options.get("seed", 0), methods=methods, k=options.get("k")
+        )
+    except (ApiError, LabelConfigError) as exc:
+        _store(project_id, status="failed", error=getattr(exc, "message", str(exc)), **state)
+        return None
+    except Exception as exc:
+        logger.exception("predictor comparison of project %s failed", project_id)
+        _store(project_id, status="failed", error=f"{type(exc).__name__}: {exc}", **state)
+        return None
+    state.update(report=report, finished_at=timezone.now().isoformat(), notes=notes)
+    _store(project_id, status="done", **state)
+    return report

@@ -81,6 +81,12 @@ class LabelingProject(models.Model):
     ls_deleted_at = models.DateTimeField(
         null=True, blank=True, help_text="When Label Studio reported the project deleted (PROJECT_DELETED)."
     )
+    predictor_comparison = models.JSONField(
+        default=dict,
+        blank=True,
+        editable=False,
+        help_text="The latest predictor comparison of the accuracy page: status, times, error, learning-curve report.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
