@@ -244,6 +244,15 @@ VLLM_BATCH = {
     "LOG_DIR": Path(env_str("VLLM_BATCH_LOG_DIR", str(VAR_DIR / "logs"))),
     "LOG_MAX_BYTES": env_int("VLLM_BATCH_LOG_MAX_BYTES", 10 * 1024 * 1024),
     "LOG_BACKUPS": env_int("VLLM_BATCH_LOG_BACKUPS", 7),
+    # GET /ready answers 503 while no worker is online, unless this is false
+    # (a web-only node behind a load balancer).
+    "READY_REQUIRES_WORKER": env_bool("VLLM_BATCH_READY_REQUIRES_WORKER", True),
+    # GET /metrics: allowed with `Authorization: Bearer <METRICS_TOKEN>` when one
+    # is set, else only from the addresses of METRICS_ALLOWED_IPS.
+    "METRICS_TOKEN": env_str("VLLM_BATCH_METRICS_TOKEN", ""),
+    "METRICS_ALLOWED_IPS": frozenset(env_list("VLLM_BATCH_METRICS_ALLOWED_IPS", "127.0.0.1,::1")),
+    # The per-model throughput gauge: batches finished in the last N minutes.
+    "METRICS_THROUGHPUT_MINUTES": env_int("VLLM_BATCH_METRICS_THROUGHPUT_MINUTES", 60),
 }
 
 # Label Studio ML backend (/labelstudio/): the model new projects get (empty: the
