@@ -3,13 +3,14 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularJSONAPIView
 from rest_framework.permissions import AllowAny
 
-from batchsite import health
+from batchsite import health, metrics
 from batchsite.errors import json_400, json_404, json_500
 from labeling import accuracy_views
 
 urlpatterns = [
     path("health", health.health, name="health"),
     path("ready", health.ready, name="ready"),
+    path("metrics", metrics.metrics, name="metrics"),
     # The log viewer (/admin/worker-logs), inside the admin but not a model page.
     path("admin/", include("workers.console.log_views")),
     path("admin/", admin.site.urls),
