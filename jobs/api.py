@@ -21,6 +21,7 @@ from .serializers import (
     FileListSerializer,
     FileObjectSerializer,
     FileUploadSerializer,
+    StatsSerializer,
 )
 
 # Room for the multipart envelope around the file itself.
@@ -125,3 +126,11 @@ class BatchCancelView(APIView):
     def post(self, request, batch_id):
         batch = selectors.batch_get(owner=request.user, batch_id=batch_id)
         return Response(services.batch_cancel(batch=batch).to_openai())
+
+
+class StatsView(APIView):
+    """Extension: the caller's batches in figures."""
+
+    @extend_schema(responses=StatsSerializer, operation_id="stats_retrieve")
+    def get(self, request):
+        return Response(selectors.batch_stats(owner=request.user))

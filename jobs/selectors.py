@@ -1,10 +1,15 @@
 """Reads: for the API, always scoped to the caller; for the worker, a batch's saved lines."""
 
-from django.db.models import Q
+from collections import defaultdict
+from datetime import timedelta
+
+from django.db.models import Count, Q, Sum
+from django.utils import timezone
 
 from batchsite.errors import NotFound
 
-from .models import Batch, BatchResult, File
+from .leases import stale_before
+from .models import Batch, BatchResult, File, unix
 
 
 def file_get(*, owner, file_id):
@@ -60,9 +65,151 @@ def file_list(*, owner, purpose=None, after=None, limit=10000, order="desc"):
     )
 
 
-def batch_list(*, owner, after=None, limit=20):
-    queryset = Batch.objects.filter(owner=owner)
-    return as_list(*_page(queryset, after=after, limit=limit, descending=True, param="after"))
+def batch_list(*, owner, after=None, limit=20, status=None, model=None, created_after=None, created_before=None):
+    """The caller's batches, newest first; the filters are extensions to OpenAI's list."""
+    owned = Batch.objects.filter(owner=owner)
+    queryset = owned
+    if status:
+        queryset = queryset.filter(status=status)
+    if model:
+        queryset = queryset.filter(model=model)
+    if created_after is not None:
+        queryset = queryset.filter(created_at__gte=created_after)
+    if created_before is not None:
+        queryset = queryset.filter(created_at__lt=created_before)
+    return as_list(*_page(queryset, after=after, limit=limit, descending=True, param="after", cursor_queryset=owned))
+
+
+def _seconds(start, end):
+    return max((end - start).total_seconds(), 0.0)
+
+
+def _request_rates(now):
+    """Requests per second of processing by model, and over all models, from the
+    batches completed in the last 24 hours: what the queue's estimates assume."""
+    rows = Batch.objects.filter(
+        status=Batch.Status.COMPLETED,
+        completed_at__gte=now - timedelta(hours=24),
+        in_progress_at__isnull=False,
+    ).values_list("model", "in_progress_at", "completed_at", "completed_requests", "failed_requests")
+    done, seconds = defaultdict(int), defaultdict(float)
+    for model, started, finished, completed, failed in rows:
+        for key in (model, None):
+            done[key] += completed + failed
+            seconds[key] += _seconds(started, finished)
+    return {key: done[key] / seconds[key] for key in done if seconds[key] > 0 and done[key] > 0}
+
+
+def _running(batch, now):
+    done = batch.completed_requests + batch.failed_requests
+    elapsed = _seconds(batch.in_progress_at, now) if batch.in_progress_at else 0.0
+    rate = done / elapsed if elapsed > 0 and done else None
+    remaining = max(batch.total_requests - done, 0)
+    return {
+        "id": batch.id,
+        "model": batch.model,
+        "total_requests": batch.total_requests,
+        "done_requests": done,
+        "progress": round(done / batch.total_requests, 4) if batch.total_requests else 0.0,
+        "output_tokens_per_second": round(batch.output_tokens / elapsed, 3) if elapsed > 0 else None,
+        "eta_seconds": round(remaining / rate, 1) if rate else None,
+    }
+
+
+def batch_queue(*, owner, workers_online, now=None):
+    """What runs and what waits, in the order the workers take it (first come,
+    first served). All batches count for positions and estimates; only the
+    caller's are described. Estimates assume the online workers share the work
+    evenly at the request rate of recently completed batches of the same model."""
+    now = now or timezone.now()
+    active = Batch.objects.filter(status__in=(Batch.Status.VALIDATING, Batch.Status.IN_PROGRESS))
+    is_running = Q(heartbeat_at__gte=stale_before()) & ~Q(claimed_by="")
+    running = list(active.filter(is_running).order_by("created_at", "pk"))
+    waiting = list(active.exclude(is_running).order_by("created_at", "pk"))
+    rates = _request_rates(now)
+
+    running_rows = [_running(batch, now) for batch in running]
+    # Work ahead, in seconds of one worker; None once anything ahead cannot be estimated.
+    ahead = 0.0
+    for row in running_rows:
+        ahead = None if ahead is None or row["eta_seconds"] is None else ahead + row["eta_seconds"]
+    share = max(workers_online, 1)
+
+    queued = []
+    for position, batch in enumerate(waiting, start=1):
+        if batch.owner_id == owner.pk:
+            queued.append(
+                {
+                    "id": batch.id,
+                    "model": batch.model,
+                    "status": batch.status,
+                    "total_requests": batch.total_requests,
+                    "position": position,
+                    "created_at": unix(batch.created_at),
+                    "estimated_start_seconds": None if ahead is None else round(ahead / share, 1),
+                }
+            )
+        rate = rates.get(batch.model) or rates.get(None)
+        remaining = batch.total_requests - batch.completed_requests - batch.failed_requests
+        ahead = None if ahead is None or rate is None else ahead + max(remaining, 0) / rate
+    return {
+        "object": "queue",
+        "workers_online": workers_online,
+        "running": [row for row, batch in zip(running_rows, running, strict=True) if batch.owner_id == owner.pk],
+        "running_total": len(running),
+        "queued": queued,
+        "queued_total": len(waiting),
+    }
+
+
+def batch_stats(*, owner, now=None):
+    """The caller's batches in figures: totals by status and model, success rate,
+    average processing time, tokens, and the last 24 hours by hour."""
+    now = now or timezone.now()
+    owned = Batch.objects.filter(owner=owner)
+    by_status = dict(owned.values_list("status").annotate(n=Count("pk")).order_by())
+    by_model = {
+        row.pop("model"): row
+        for row in owned.values("model")
+        .annotate(
+            batches=Count("pk"),
+            requests_completed=Sum("completed_requests"),
+            requests_failed=Sum("failed_requests"),
+            input_tokens=Sum("input_tokens"),
+            output_tokens=Sum("output_tokens"),
+        )
+        .order_by("model")
+    }
+    finished = sum(by_status.get(status, 0) for status in Batch.FINISHED)
+    durations = [
+        _seconds(started, finished_at)
+        for started, finished_at in owned.filter(
+            status=Batch.Status.COMPLETED, in_progress_at__isnull=False, completed_at__isnull=False
+        ).values_list("in_progress_at", "completed_at")
+    ]
+
+    first_hour = now.replace(minute=0, second=0, microsecond=0) - timedelta(hours=23)
+    hours = [first_hour + timedelta(hours=i) for i in range(24)]
+    buckets = {hour: {"batches_completed": 0, "requests_completed": 0, "output_tokens": 0} for hour in hours}
+    for finished_at, completed, tokens in owned.filter(
+        status=Batch.Status.COMPLETED, completed_at__gte=first_hour, completed_at__lte=now
+    ).values_list("completed_at", "completed_requests", "output_tokens"):
+        bucket = buckets[finished_at.replace(minute=0, second=0, microsecond=0)]
+        bucket["batches_completed"] += 1
+        bucket["requests_completed"] += completed
+        bucket["output_tokens"] += tokens
+
+    return {
+        "object": "stats",
+        "total_batches": sum(by_status.values()),
+        "by_status": {status: by_status.get(status, 0) for status in Batch.Status.values},
+        "by_model": [{"model": model, **row} for model, row in by_model.items()],
+        "success_rate": round(by_status.get(Batch.Status.COMPLETED, 0) / finished, 4) if finished else None,
+        "average_duration_seconds": round(sum(durations) / len(durations), 3) if durations else None,
+        "input_tokens": sum(row["input_tokens"] or 0 for row in by_model.values()),
+        "output_tokens": sum(row["output_tokens"] or 0 for row in by_model.values()),
+        "hourly": [{"start": unix(hour), **buckets[hour]} for hour in hours],
+    }
 
 
 def batch_done_lines(batch_id):

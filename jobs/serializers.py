@@ -1,5 +1,7 @@
 """Input serializers (validation) and output serializers (OpenAPI documentation)."""
 
+from datetime import UTC, datetime
+
 from django.conf import settings
 from rest_framework import serializers
 
@@ -50,6 +52,21 @@ class FileListQuerySerializer(serializers.Serializer):
 class BatchListQuerySerializer(serializers.Serializer):
     limit = serializers.IntegerField(min_value=1, max_value=100, default=20)
     after = serializers.CharField(required=False, help_text="A batch id: list the batches after it.")
+    # Extensions to OpenAI's list (history filters): absent, the list is OpenAI's.
+    status = serializers.ChoiceField(choices=Batch.Status.choices, required=False, help_text="Extension.")
+    model = serializers.CharField(required=False, max_length=200, help_text="Extension.")
+    created_after = serializers.IntegerField(
+        required=False, min_value=0, help_text="Extension: Unix seconds, created at or after."
+    )
+    created_before = serializers.IntegerField(
+        required=False, min_value=0, max_value=2**40, help_text="Extension: Unix seconds, created before."
+    )
+
+    def validate(self, data):
+        for name in ("created_after", "created_before"):
+            if name in data:
+                data[name] = datetime.fromtimestamp(data[name], tz=UTC)
+        return data
 
 
 def _validate_metadata(value):
@@ -148,3 +165,64 @@ class DeletedFileSerializer(serializers.Serializer):
     id = serializers.CharField()
     object = serializers.CharField()
     deleted = serializers.BooleanField()
+
+
+class RunningBatchSerializer(serializers.Serializer):
+    id = serializers.CharField()
+    model = serializers.CharField()
+    total_requests = serializers.IntegerField()
+    done_requests = serializers.IntegerField()
+    progress = serializers.FloatField(help_text="0 to 1.")
+    output_tokens_per_second = serializers.FloatField(allow_null=True)
+    eta_seconds = serializers.FloatField(allow_null=True, help_text="Null until a request is done.")
+
+
+class QueuedBatchSerializer(serializers.Serializer):
+    id = serializers.CharField()
+    model = serializers.CharField()
+    status = serializers.ChoiceField(choices=Batch.Status.choices)
+    total_requests = serializers.IntegerField()
+    position = serializers.IntegerField(help_text="1 is next, counting every owner's batches.")
+    created_at = serializers.IntegerField()
+    estimated_start_seconds = serializers.FloatField(
+        allow_null=True, help_text="From now; null when no recent batch gives a rate."
+    )
+
+
+class QueueSerializer(serializers.Serializer):
+    object = serializers.CharField(help_text="Always 'queue'.")
+    workers_online = serializers.IntegerField()
+    running = RunningBatchSerializer(many=True, help_text="The caller's batches being processed.")
+    running_total = serializers.IntegerField(help_text="Batches being processed, of every owner.")
+    queued = QueuedBatchSerializer(many=True, help_text="The caller's waiting batches, in order.")
+    queued_total = serializers.IntegerField(help_text="Batches waiting, of every owner.")
+
+
+class ModelStatsSerializer(serializers.Serializer):
+    model = serializers.CharField()
+    batches = serializers.IntegerField()
+    requests_completed = serializers.IntegerField()
+    requests_failed = serializers.IntegerField()
+    input_tokens = serializers.IntegerField()
+    output_tokens = serializers.IntegerField()
+
+
+class HourStatsSerializer(serializers.Serializer):
+    start = serializers.IntegerField(help_text="Unix seconds of the hour's start.")
+    batches_completed = serializers.IntegerField()
+    requests_completed = serializers.IntegerField()
+    output_tokens = serializers.IntegerField()
+
+
+class StatsSerializer(serializers.Serializer):
+    object = serializers.CharField(help_text="Always 'stats'.")
+    total_batches = serializers.IntegerField()
+    by_status = serializers.DictField(child=serializers.IntegerField())
+    by_model = ModelStatsSerializer(many=True)
+    success_rate = serializers.FloatField(allow_null=True, help_text="Completed batches over finished batches.")
+    average_duration_seconds = serializers.FloatField(
+        allow_null=True, help_text="Completed batches, in progress to completed."
+    )
+    input_tokens = serializers.IntegerField()
+    output_tokens = serializers.IntegerField()
+    hourly = HourStatsSerializer(many=True, help_text="The last 24 hours, oldest first; completed batches.")

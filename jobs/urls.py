@@ -9,4 +9,5 @@ urlpatterns = [
     path("batches", api.BatchesView.as_view(), name="batches"),
     path("batches/<str:batch_id>", api.BatchDetailView.as_view(), name="batch-detail"),
     path("batches/<str:batch_id>/cancel", api.BatchCancelView.as_view(), name="batch-cancel"),
+    path("stats", api.StatsView.as_view(), name="stats"),
 ]

@@ -1,4 +1,5 @@
-"""The registered models as OpenAI lists them: /v1/models and /v1/models/{name}."""
+"""The registered models as OpenAI lists them: /v1/models and /v1/models/{name}; and
+/v1/queue (an extension: it needs the workers, which jobs may not import)."""
 
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers
@@ -6,6 +7,8 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from batchsite.errors import NotFound
+from jobs import selectors as jobs_selectors
+from jobs.serializers import QueueSerializer
 
 from . import selectors
 
@@ -36,3 +39,12 @@ class ModelDetailView(APIView):
         if model is None:
             raise NotFound(f"The model '{model_id}' does not exist.", param="model")
         return Response(model.to_openai())
+
+
+class QueueView(APIView):
+    """Extension: workers online, what runs and what waits (the caller's batches)."""
+
+    @extend_schema(responses=QueueSerializer, operation_id="queue_retrieve")
+    def get(self, request):
+        workers = len(selectors.worker_list_online())
+        return Response(jobs_selectors.batch_queue(owner=request.user, workers_online=workers))
