@@ -21,7 +21,7 @@ from django.utils import timezone
 
 from batchsite.errors import ApiError, Conflict, RateLimited, TooLarge
 
-from . import leases, queueing, webhooks
+from . import leases, queueing, signals, webhooks
 from .jsonl import batch_error_line, dumps_line
 from .models import ApiKey, Batch, BatchResult, File, hash_api_key
 from .validation import iter_request_lines, validate_input
@@ -257,7 +257,7 @@ def batch_validate(*, batch, model_problem):
         result = validate_input(stream, batch.endpoint, model_problem)
     now = timezone.now()
     if not result.ok:
-        Batch.objects.filter(pk=batch.pk, status=Batch.Status.VALIDATING).update(
+        changed = Batch.objects.filter(pk=batch.pk, status=Batch.Status.VALIDATING).update(
             status=Batch.Status.FAILED,
             errors=result.errors,
             failed_at=now,
@@ -267,7 +267,8 @@ def batch_validate(*, batch, model_problem):
             updated_at=now,
         )
         logger.info("batch %s failed validation: %d errors", batch.pk, result.error_count)
-        _announce(batch.pk)
+        if changed:
+            _ended(batch.pk)
         return False
     Batch.objects.filter(pk=batch.pk, status=Batch.Status.VALIDATING).update(
         status=Batch.Status.IN_PROGRESS,
@@ -321,13 +322,14 @@ def _insert_results(batch_id, rows):
 
 def batch_fail(*, batch_id, code, message):
     now = timezone.now()
-    Batch.objects.filter(pk=batch_id, status__in=Batch.ACTIVE).update(
+    changed = Batch.objects.filter(pk=batch_id, status__in=Batch.ACTIVE).update(
         status=Batch.Status.FAILED,
         errors=[{"code": code, "message": message, "param": None, "line": None}],
         failed_at=now,
         updated_at=now,
     )
-    _announce(batch_id)
+    if changed:
+        _ended(batch_id)
 
 
 def batch_engine_failed(*, batch_id):
@@ -336,12 +338,21 @@ def batch_engine_failed(*, batch_id):
     return Batch.objects.values_list("engine_failures", flat=True).get(pk=batch_id)
 
 
-def _announce(batch_id):
-    """The batch ended: queue its completion webhook. Never lets the batch's own end fail."""
+def _ended(batch_id):
+    """The batch has just reached a final status (callers call this once, when their
+    update changed the row): queue its completion webhook, and send batch_finished
+    once the row is committed. Never lets the batch's own end fail."""
     try:
         webhooks.batch_ended(batch_id)
     except Exception:
         logger.exception("batch %s: could not queue its webhook", batch_id)
+    transaction.on_commit(lambda: _send_finished(batch_id))
+
+
+def _send_finished(batch_id):
+    for receiver, result in signals.batch_finished.send_robust(sender=Batch, batch_id=batch_id):
+        if isinstance(result, Exception):
+            logger.error("batch %s: batch_finished receiver %r failed: %r", batch_id, receiver, result)
 
 
 # -- failed attempts: poison batches and stuck workers ---------------------------
@@ -387,7 +398,7 @@ def batch_give_up(*, batch_id, holder):
     message = f"The batch failed {batch.attempts} times and was given up. Last: {batch.last_attempt_error}"
     if batch.status == Batch.Status.VALIDATING:
         now = timezone.now()
-        Batch.objects.filter(pk=batch_id, status=Batch.Status.VALIDATING).update(
+        changed = Batch.objects.filter(pk=batch_id, status=Batch.Status.VALIDATING).update(
             status=Batch.Status.FAILED,
             errors=[{"code": "batch_failed", "message": message, "param": None, "line": None}],
             failed_at=now,
@@ -395,7 +406,8 @@ def batch_give_up(*, batch_id, holder):
             heartbeat_at=None,
             updated_at=now,
         )
-        _announce(batch_id)
+        if changed:
+            _ended(batch_id)
         return str(Batch.Status.FAILED)
     final = Batch.Status.CANCELLED if batch.status == Batch.Status.CANCELLING else Batch.Status.COMPLETED
     try:
@@ -474,7 +486,7 @@ def batch_finalize(*, batch_id, final_status, holder=None, unfinished=None):
             for file in (output, errors):
                 if file is not None:
                     file.save()
-            Batch.objects.filter(pk=batch_id).update(
+            changed = Batch.objects.filter(pk=batch_id, status__in=Batch.ACTIVE).update(
                 status=final_status,
                 output_file=output,
                 error_file=errors,
@@ -486,7 +498,8 @@ def batch_finalize(*, batch_id, final_status, holder=None, unfinished=None):
             )
             BatchResult.objects.filter(batch_id=batch_id).delete()
         logger.info("batch %s %s", batch_id, final_status)
-        _announce(batch_id)
+        if changed:
+            _ended(batch_id)
         return str(final_status)
     finally:
         if own_lease:

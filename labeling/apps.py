@@ -1,5 +1,4 @@
 from django.apps import AppConfig
-from django.db.models.signals import post_save
 
 
 class LabelingConfig(AppConfig):
@@ -7,7 +6,9 @@ class LabelingConfig(AppConfig):
     verbose_name = "Label Studio"
 
     def ready(self):
-        from . import push
+        from jobs.signals import batch_finished
 
-        # jobs may not import labeling: a user's batch naming a Label Studio project is noticed here.
-        post_save.connect(push.batch_saved, sender="jobs.Batch", dispatch_uid="labeling.push.batch_saved")
+        from . import tasks
+
+        # jobs may not import labeling: it signals a finished batch, and the loop's batches are picked out here.
+        batch_finished.connect(tasks.batch_finished, dispatch_uid="labeling.tasks.batch_finished")

@@ -10,22 +10,22 @@ predictions (one bulk import per 500).
 The batch carries the project and model version in its metadata, so no table is
 needed: `predict_push` can run again for the same batch (after a failure to reach
 Label Studio, say) and skips tasks that already hold that model version's
-prediction. `predict_start(push_when_done=True)` hands the push to the cluster
-(`push_task`); `predict` waits for the batch and pushes in the caller.
+prediction. `predict_start(push_when_done=True)` marks the batch (META_PUSH) so
+the cluster pushes it when it finishes (`push_task`, queued by
+labeling.tasks.batch_finished); `predict` waits for the batch and pushes in the caller.
 """
 
 import json
 import logging
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.auth import get_user_model
 from django.core.files.base import ContentFile
 from django.db import transaction
-from django.utils import timezone
 
 from jobs import services as jobs_services
 from jobs.models import Batch, File
@@ -41,8 +41,10 @@ logger = logging.getLogger(__name__)
 ENDPOINT = "/v1/chat/completions"
 META_PROJECT = "labelstudio_project"
 META_VERSION = "labelstudio_model_version"
+# Set by predict_start(push_when_done=True): the cluster stores the predictions when the batch finishes.
+META_PUSH = "labelstudio_push"
+PUSH_WHEN_DONE = "when_done"
 SERVICE_USER = "labelstudio"
-PUSH_RETRY_SECONDS = 15
 WAIT_INTERVAL = 1.0
 
 
@@ -193,15 +195,12 @@ def predict_start(*, project, owner=None, client=None, redo=False, push_when_don
     with transaction.atomic():
         upload = ContentFile(("\n".join(lines) + "\n").encode(), name=f"labelstudio-{project.ls_project_id}.jsonl")
         input_file = jobs_services.file_create(owner=owner or service_user(), upload=upload, purpose=File.Purpose.BATCH)
-        started.batch = jobs_services.batch_create(
-            owner=input_file.owner,
-            input_file=input_file,
-            endpoint=ENDPOINT,
-            metadata={META_PROJECT: project.ls_project, META_VERSION: project.model_version},
-        )
+        metadata = {META_PROJECT: project.ls_project, META_VERSION: project.model_version}
         if push_when_done:
-            batch_id = started.batch.id
-            transaction.on_commit(lambda: _enqueue_push(batch_id))
+            metadata[META_PUSH] = PUSH_WHEN_DONE
+        started.batch = jobs_services.batch_create(
+            owner=input_file.owner, input_file=input_file, endpoint=ENDPOINT, metadata=metadata
+        )
     logger.info(
         "Label Studio project %s: batch %s with %d tasks (%d already predicted, %d without text)",
         project.ls_project,
@@ -211,6 +210,12 @@ def predict_start(*, project, owner=None, client=None, redo=False, push_when_don
         started.no_text,
     )
     return started
+
+
+def pushes_when_done(batch):
+    """A bulk prediction whose predictions the cluster stores when it finishes."""
+    metadata = batch.metadata or {}
+    return bool(metadata.get(META_PROJECT) and metadata.get(META_VERSION)) and metadata.get(META_PUSH) == PUSH_WHEN_DONE
 
 
 def wait_finished(batch, *, timeout):
@@ -318,29 +323,12 @@ def predict(*, project, owner=None, client=None, timeout=3600.0, redo=False):
     return started, predict_push(batch=batch, client=client)
 
 
-def _enqueue_push(batch_id, delay=0):
-    from django_q.models import Schedule
-    from django_q.tasks import async_task, schedule
-
-    if delay:
-        schedule("labeling.bulk.push_task", batch_id, schedule_type=Schedule.ONCE, next_run=timezone.now() + delay)
-    else:
-        async_task("labeling.bulk.push_task", batch_id)
-
-
 def push_task(batch_id):
-    """django-q entry point: stores a bulk batch's predictions once it has
-    finished; while it runs, looks again in PUSH_RETRY_SECONDS."""
+    """django-q entry point, queued by labeling.tasks.batch_finished once the batch
+    has finished: stores its predictions in Label Studio."""
     batch = Batch.objects.filter(pk=batch_id).first()
     if batch is None:
         return "batch deleted"
-    if batch.status in Batch.ACTIVE:
-        # Past its window the batch expires and finishes; a little after that, stop waiting.
-        if timezone.now() < batch.expires_at + timedelta(hours=1):
-            _enqueue_push(batch_id, delay=timedelta(seconds=PUSH_RETRY_SECONDS))
-            return f"batch {batch.status}, looking again in {PUSH_RETRY_SECONDS} s"
-        logger.error("Label Studio bulk batch %s never finished; its predictions were not stored", batch_id)
-        return "gave up"
     try:
         return str(predict_push(batch=batch))
     except BulkError as exc:

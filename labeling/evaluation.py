@@ -23,7 +23,6 @@ import copy
 import hashlib
 import json
 import logging
-from datetime import timedelta
 
 from django.core.cache import cache
 from django.core.files.base import ContentFile
@@ -47,7 +46,6 @@ CACHE_SECONDS = 24 * 3600
 # Batch metadata that marks a ground-truth prediction run whose answers stay here.
 META_STORE = "labelstudio_store"
 STORE_LOCAL = "local"
-STORE_RETRY_SECONDS = 15
 
 
 class EvaluationError(Exception):
@@ -271,7 +269,8 @@ def ground_truth_tasks(project):
 def ground_truth_predict_start(*, project, model, owner=None):
     """A batch asking `model` about every ground-truth task that has no prediction of
     its model version yet. Returns (batch or None when there is nothing to ask,
-    model_version, tasks asked). The cluster stores the answers when it completes."""
+    model_version, tasks asked). The cluster stores the answers when it finishes
+    (store_task, queued by labeling.tasks.batch_finished)."""
     if model.runner != RegisteredModel.Runner.GENERATE or not model.is_active:
         raise EvaluationError(f"{model.name} is not an active generation model.")
     try:
@@ -315,7 +314,6 @@ def ground_truth_predict_start(*, project, model, owner=None):
                 META_STORE: STORE_LOCAL,
             },
         )
-        transaction.on_commit(lambda: _enqueue_store(batch.id))
     logger.info(
         "Label Studio project %s: ground-truth batch %s, %d tasks for %s",
         project.ls_project,
@@ -385,31 +383,16 @@ def ground_truth_batches(project, limit=5):
     )
 
 
-def _enqueue_store(batch_id, delay=None):
-    from django_q.models import Schedule
-    from django_q.tasks import async_task, schedule
-
-    if delay:
-        schedule(
-            "labeling.evaluation.store_task", batch_id, schedule_type=Schedule.ONCE, next_run=timezone.now() + delay
-        )
-    else:
-        async_task("labeling.evaluation.store_task", batch_id)
+def is_ground_truth_run(batch):
+    return (batch.metadata or {}).get(META_STORE) == STORE_LOCAL
 
 
 def store_task(batch_id):
-    """django-q entry point: stores a ground-truth batch's answers once it has
-    finished; while it runs, looks again in STORE_RETRY_SECONDS."""
+    """django-q entry point, queued by labeling.tasks.batch_finished once the batch
+    has finished: stores a ground-truth batch's answers."""
     batch = Batch.objects.filter(pk=batch_id).first()
     if batch is None:
         return "batch deleted"
-    if batch.status in Batch.ACTIVE:
-        # Past its window the batch expires and finishes; a little after that, stop waiting.
-        if timezone.now() < batch.expires_at + timedelta(hours=1):
-            _enqueue_store(batch_id, delay=timedelta(seconds=STORE_RETRY_SECONDS))
-            return f"batch {batch.status}, looking again in {STORE_RETRY_SECONDS} s"
-        logger.error("Ground-truth batch %s never finished; its predictions were not stored", batch_id)
-        return "gave up"
     try:
         return f"{ground_truth_predict_store(batch=batch)} predictions stored"
     except EvaluationError as exc:

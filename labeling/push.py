@@ -17,15 +17,16 @@ No table records what was pushed: every task carries {"vllm_batch": batch id,
 "custom_id": ...} in its Label Studio `meta`, and a push skips the requests whose task
 is already there, so pushing the same batch again (after a failure half-way, from
 the admin or the command line) never duplicates a task.
+
+The push runs once the batch has finished: jobs sends `jobs.signals.batch_finished`
+and labeling.tasks.batch_finished queues `push_task`.
 """
 
 import logging
 from dataclasses import dataclass, field
-from datetime import timedelta
 
 from django.contrib import admin, messages
 from django.db import transaction
-from django.utils import timezone
 
 from batchsite.errors import ApiError
 from jobs.models import Batch
@@ -43,7 +44,6 @@ TASK_META_BATCH = "vllm_batch"
 TASK_META_ID = "custom_id"
 ENDPOINTS = ("/v1/chat/completions", "/v1/completions")
 TASKS_PER_IMPORT = 500
-PUSH_RETRY_SECONDS = 15
 MAX_ERRORS = 5
 
 
@@ -266,50 +266,12 @@ def push_any(*, batch, project=None):
 # Automatic push when a user's batch finishes --------------------------------
 
 
-def batch_saved(sender, instance, created, **kwargs):
-    """post_save of jobs.Batch (connected in LabelingConfig.ready): a new user batch
-    naming a Label Studio project gets a push that waits for it in the cluster."""
-    if created and is_user_push(instance):
-        batch_id = instance.pk
-        transaction.on_commit(lambda: enqueue_push(batch_id))
-
-
-def enqueue_push(batch_id, delay=None, attempt=0):
-    from django_q.models import Schedule
-    from django_q.tasks import async_task, schedule
-
-    if delay:
-        schedule(
-            "labeling.push.push_task",
-            batch_id,
-            attempt,
-            schedule_type=Schedule.ONCE,
-            next_run=timezone.now() + delay,
-        )
-    else:
-        async_task("labeling.push.push_task", batch_id, attempt, task_name=f"push {batch_id} to Label Studio")
-
-
-def push_task(batch_id, attempt=0):
-    """django-q entry point: pushes the batch once it has finished; while it runs,
-    looks again in PUSH_RETRY_SECONDS (bounded by the batch's completion window).
-
-    The first look, queued when the batch was created, usually comes before the
-    batch's own task: it queues itself once more at once, behind the batch, so a
-    worker that runs both pushes right after the batch ends instead of waiting for
-    django-q's scheduler (which looks at schedules every 30 s)."""
+def push_task(batch_id):
+    """django-q entry point, queued by labeling.tasks.batch_finished once the batch
+    has finished: pushes it (a user's batch as tasks, a bulk prediction's results)."""
     batch = Batch.objects.filter(pk=batch_id).first()
     if batch is None:
         return "batch deleted"
-    if batch.status in Batch.ACTIVE:
-        if attempt == 0:
-            enqueue_push(batch_id, attempt=1)
-            return f"batch {batch.status}, queued again behind it"
-        if timezone.now() < batch.expires_at + timedelta(hours=1):
-            enqueue_push(batch_id, delay=timedelta(seconds=PUSH_RETRY_SECONDS), attempt=attempt + 1)
-            return f"batch {batch.status}, looking again in {PUSH_RETRY_SECONDS} s"
-        logger.error("Batch %s never finished; it was not pushed to Label Studio", batch_id)
-        return "gave up"
     try:
         return str(push_any(batch=batch))
     except PushError as exc:
@@ -322,7 +284,9 @@ def push_task(batch_id, attempt=0):
 
 @admin.action(description="Push to Label Studio (the project in the batch's metadata)")
 def push_batches_action(modeladmin, request, queryset):
-    """Finished batches are pushed now; running ones when they finish (by the cluster)."""
+    """Finished batches are pushed now. A running one is pushed by the cluster when
+    it finishes if it was marked for that at creation (a user's batch naming a
+    project, a bulk prediction started to push when done); any other is refused."""
     for batch in queryset:
         if not (batch.metadata or {}).get(META_PROJECT):
             modeladmin.message_user(
@@ -333,8 +297,16 @@ def push_batches_action(modeladmin, request, queryset):
             )
             continue
         if batch.status in Batch.ACTIVE:
-            enqueue_push(batch.id, attempt=1)
-            modeladmin.message_user(request, f"{batch.id} is {batch.status}: pushed when it finishes.", messages.INFO)
+            if is_user_push(batch) or bulk.pushes_when_done(batch):
+                modeladmin.message_user(
+                    request, f"{batch.id} is {batch.status}: pushed when it finishes.", messages.INFO
+                )
+            else:
+                modeladmin.message_user(
+                    request,
+                    f"{batch.id} is {batch.status}: not finished yet; run it again when it completes.",
+                    messages.WARNING,
+                )
             continue
         try:
             report = push_any(batch=batch)

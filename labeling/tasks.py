@@ -1,6 +1,8 @@
 """django-q entry points of the Label Studio loop: each takes an id and calls a service."""
 
-from . import events, training
+from jobs.models import Batch
+
+from . import bulk, evaluation, events, push, training
 
 
 def process_event(event_id):
@@ -12,3 +14,23 @@ def export_training(run_id, owner_id=None):
     """A training run's fine-tuning file."""
     run = training.export(run_id=run_id, owner_id=owner_id)
     return None if run is None else f"{run.status}: {run.examples} examples"
+
+
+def batch_finished(sender, batch_id, **kwargs):
+    """Receiver of jobs.signals.batch_finished (connected in LabelingConfig.ready):
+    queues the one task that a finished batch of the Label Studio loop needs, by
+    what its metadata says it is; an ordinary batch gets none."""
+    from django_q.tasks import async_task
+
+    batch = Batch.objects.filter(pk=batch_id).first()
+    if batch is None:
+        return None
+    if evaluation.is_ground_truth_run(batch):
+        func, name = "labeling.evaluation.store_task", f"store ground truth {batch_id}"
+    elif bulk.pushes_when_done(batch):
+        func, name = "labeling.bulk.push_task", f"store predictions of {batch_id} in Label Studio"
+    elif push.is_user_push(batch):
+        func, name = "labeling.push.push_task", f"push {batch_id} to Label Studio"
+    else:
+        return None
+    return async_task(func, batch_id, task_name=name)

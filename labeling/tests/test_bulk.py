@@ -1,17 +1,15 @@
 """Bulk predictions through a batch, with a fake Label Studio client and fake batch outputs."""
 
 import json
-from datetime import timedelta
 from io import StringIO
 
 import pytest
 from django.core.files.base import ContentFile
 from django.core.management import call_command
 from django.core.management.base import CommandError
-from django.utils import timezone
 
 from jobs import services as jobs_services
-from jobs.models import Batch, File
+from jobs.models import Batch, BatchResult, File
 from labeling import bulk
 from labeling.client import LabelStudioError
 from labeling.models import LabelingProject
@@ -319,50 +317,43 @@ def test_wait_finished_is_bounded(tiny, monkeypatch):
     assert bulk.wait_finished(batch, timeout=0.05).status == "completed"
 
 
-def test_push_task_waits_for_a_running_batch_then_pushes(tiny, monkeypatch):
-    from django_q.models import Schedule
-
+def test_push_task_stores_a_finished_batch_once(tiny, monkeypatch):
     project = make_project(tiny)
     fake = FakeLabelStudio([task(1, "a")])
     monkeypatch.setattr(bulk, "label_studio_for", lambda project: fake)
-    batch = bulk.predict_start(project=project, client=fake).batch
-    assert "looking again" in bulk.push_task(batch.id)
-    retry = Schedule.objects.get(func="labeling.bulk.push_task")
-    assert retry.schedule_type == Schedule.ONCE
-    assert retry.next_run > timezone.now()
+    batch = bulk.predict_start(project=project, client=fake, push_when_done=True).batch
+    # Queued only once the batch has finished; a running one is refused, not waited for.
+    assert "still validating" in bulk.push_task(batch.id)
     finish(batch, [output_line("task-1", "Positive")])
     assert "1 predictions stored" in bulk.push_task(batch.id)
     assert fake.stored[0]["task"] == 1
+    assert "0 predictions stored" in bulk.push_task(batch.id)
     assert bulk.push_task("batch_missing") == "batch deleted"
 
 
-def test_push_task_gives_up_on_a_batch_past_its_window(tiny, monkeypatch):
+def test_start_with_push_when_done_marks_the_batch(tiny):
     project = make_project(tiny)
-    batch = bulk.predict_start(project=project, client=FakeLabelStudio([task(1, "a")])).batch
-    Batch.objects.filter(pk=batch.pk).update(expires_at=timezone.now() - timedelta(hours=2))
-    assert bulk.push_task(batch.id) == "gave up"
-
-
-def test_start_with_push_when_done_enqueues_the_push_on_commit(tiny, monkeypatch, django_capture_on_commit_callbacks):
-    pushed = []
-    monkeypatch.setattr(bulk, "_enqueue_push", lambda batch_id, delay=0: pushed.append(batch_id))
-    monkeypatch.setattr("jobs.queueing.enqueue_batch", lambda batch_id: None, raising=False)
-    project = make_project(tiny)
-    with django_capture_on_commit_callbacks(execute=True):
-        batch = bulk.predict_start(project=project, client=FakeLabelStudio([task(1, "a")]), push_when_done=True).batch
-    assert pushed == [batch.id]
+    marked = bulk.predict_start(project=project, client=FakeLabelStudio([task(1, "a")]), push_when_done=True).batch
+    plain = bulk.predict_start(project=project, client=FakeLabelStudio([task(1, "a")])).batch
+    assert marked.metadata == {
+        "labelstudio_project": project.ls_project,
+        "labelstudio_model_version": project.model_version,
+        "labelstudio_push": "when_done",
+    }
+    assert "labelstudio_push" not in plain.metadata
+    assert bulk.pushes_when_done(marked) and not bulk.pushes_when_done(plain)
 
 
 def test_command_predict_and_push(tiny, monkeypatch):
     project = make_project(tiny)
     fake = FakeLabelStudio([task(1, "Great"), task(2, "Bad")])
     monkeypatch.setattr(bulk, "label_studio_for", lambda project: fake)
-    monkeypatch.setattr(bulk, "_enqueue_push", lambda batch_id, delay=0: None)
     out = StringIO()
     call_command("labelstudio", "predict", "7", stdout=out)
     batch = Batch.objects.get()
     assert f"Batch {batch.id}: 2 of 2 tasks" in out.getvalue()
     assert batch.metadata["labelstudio_project"] == project.ls_project
+    assert bulk.pushes_when_done(batch)
     finish(batch, [output_line("task-1", "Positive"), output_line("task-2", "Negative")])
     out = StringIO()
     call_command("labelstudio", "push", batch.id, stdout=out)
@@ -382,7 +373,6 @@ def test_admin_action_starts_a_batch_per_project_owned_by_the_admin(
     monkeypatch.setattr("jobs.queueing.enqueue_batch", lambda batch_id: None)
     fake = FakeLabelStudio([task(1, "Great"), task(2, "Bad")])
     monkeypatch.setattr(bulk, "label_studio_for", lambda project: fake)
-    monkeypatch.setattr(bulk, "_enqueue_push", lambda batch_id, delay=0: pushed.append(batch_id))
     project = make_project(tiny)
     no_model = make_project(None, key="8.1")
     with django_capture_on_commit_callbacks(execute=True):
@@ -398,4 +388,27 @@ def test_admin_action_starts_a_batch_per_project_owned_by_the_admin(
         f"Batch {batch.id}: 2 of 2 tasks" in m and "stored in Label Studio when it completes" in m for m in shown
     )
     assert any("no active model" in m for m in shown)
-    assert pushed == [batch.id]
+    assert bulk.pushes_when_done(batch)
+
+    # When the batch finishes, jobs' batch_finished queues the push, which stores the predictions.
+    monkeypatch.setattr("django_q.tasks.async_task", lambda func, *args, **kwargs: pushed.append((func, *args)))
+    BatchResult.objects.create(
+        batch=batch, line=1, custom_id="task-1", is_error=False, text=json.dumps(output_line("task-1", "Positive"))
+    )
+    Batch.objects.filter(pk=batch.pk).update(status="in_progress", total_requests=2)
+    with django_capture_on_commit_callbacks(execute=True):
+        jobs_services.batch_finalize(batch_id=batch.pk, final_status="completed", holder="test:1")
+    assert pushed == [("labeling.bulk.push_task", batch.id)]
+    assert "1 predictions stored" in bulk.push_task(batch.id)
+    assert [item["task"] for item in fake.stored] == [1]
+
+
+def test_a_bulk_batch_not_started_to_push_is_not_pushed_when_it_finishes(
+    tiny, monkeypatch, django_capture_on_commit_callbacks
+):
+    queued = []
+    monkeypatch.setattr("django_q.tasks.async_task", lambda func, *args, **kwargs: queued.append(func))
+    batch = bulk.predict_start(project=make_project(tiny), client=FakeLabelStudio([task(1, "a")])).batch
+    with django_capture_on_commit_callbacks(execute=True):
+        jobs_services.batch_fail(batch_id=batch.pk, code="x", message="y")
+    assert queued == []

@@ -337,13 +337,17 @@ def test_a_pooling_or_inactive_model_cannot_answer(project):
         evaluation.ground_truth_predict_start(project=project, model=pooling)
 
 
-def test_store_task_waits_for_a_running_batch(project, monkeypatch):
+def test_a_ground_truth_batch_is_stored_when_it_finishes(project, monkeypatch, django_capture_on_commit_callbacks):
     other = RegisteredModel.objects.create(name="other-llama", path="/o")
     batch, _, _ = evaluation.ground_truth_predict_start(project=project, model=other)
-    later = []
-    monkeypatch.setattr(evaluation, "_enqueue_store", lambda batch_id, delay=None: later.append((batch_id, delay)))
-    assert "looking again" in evaluation.store_task(batch.id)
-    assert later == [(batch.id, timedelta(seconds=evaluation.STORE_RETRY_SECONDS))]
-    _finish(batch, {1: '{"sentiment": "Positive", "stars": 4, "comment": ""}'})
+    assert evaluation.is_ground_truth_run(batch)
+    queued = []
+    monkeypatch.setattr("django_q.tasks.async_task", lambda func, *args, **kwargs: queued.append((func, *args)))
+    Batch.objects.filter(pk=batch.pk).update(status="in_progress", total_requests=1)
+    with django_capture_on_commit_callbacks(execute=True):
+        jobs_services.batch_finalize(batch_id=batch.pk, final_status="completed", holder="test:1")
+    assert queued == [("labeling.evaluation.store_task", batch.id)]
+    _finish(Batch.objects.get(pk=batch.pk), {1: '{"sentiment": "Positive", "stars": 4, "comment": ""}'})
     assert evaluation.store_task(batch.id) == "1 predictions stored"
+    assert evaluation.store_task(batch.id) == "0 predictions stored"
     assert evaluation.store_task("batch_gone") == "batch deleted"

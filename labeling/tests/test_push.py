@@ -2,7 +2,6 @@
 fake Label Studio client and batch outputs written as the runner writes them."""
 
 import json
-from datetime import timedelta
 from io import StringIO
 
 import pytest
@@ -10,7 +9,6 @@ from django.contrib.auth import get_user_model
 from django.core.files.base import ContentFile
 from django.core.management import call_command
 from django.core.management.base import CommandError
-from django.utils import timezone
 
 from jobs import services as jobs_services
 from jobs.models import Batch, File
@@ -246,63 +244,68 @@ def test_batches_that_cannot_be_pushed_are_refused_clearly(project, owner):
         push.push_batch(batch=broken, client=FakeProject(config="<View><Choices"))
 
 
-def test_a_new_user_batch_naming_a_project_is_pushed_when_it_finishes(
+def finish_through_jobs(batch, status="completed"):
+    """Ends the batch as the worker does, through jobs (which sends batch_finished)."""
+    Batch.objects.filter(pk=batch.pk).update(status="in_progress", total_requests=1)
+    jobs_services.batch_finalize(batch_id=batch.pk, final_status=status, holder="test:1")
+
+
+def test_a_user_batch_naming_a_project_is_pushed_when_it_finishes(
     project, owner, monkeypatch, django_capture_on_commit_callbacks
 ):
     queued = []
     monkeypatch.setattr("jobs.queueing.enqueue_batch", lambda batch_id: None)
-    monkeypatch.setattr(
-        push, "enqueue_push", lambda batch_id, delay=None, attempt=0: queued.append((batch_id, delay, attempt))
+    monkeypatch.setattr("django_q.tasks.async_task", lambda func, *args, **kwargs: queued.append((func, *args)))
+    mine = user_batch(owner, [chat("a", "Great")])
+    ordinary = user_batch(owner, [chat("a", "x")], metadata={"team": "nlp"})
+    unmarked_bulk = user_batch(
+        owner, [chat("a", "x")], metadata={"labelstudio_project": "7", "labelstudio_model_version": "v"}
     )
+    # Nothing is queued while the batches run.
+    assert queued == []
     with django_capture_on_commit_callbacks(execute=True):
-        mine = user_batch(owner, [chat("a", "Great")])
-        user_batch(owner, [chat("a", "x")], metadata={"team": "nlp"})
-        user_batch(owner, [chat("a", "x")], metadata={"labelstudio_project": "7", "labelstudio_model_version": "v"})
-    assert queued == [(mine.id, None, 0)]
+        finish_through_jobs(mine)
+        finish_through_jobs(ordinary)
+        finish_through_jobs(unmarked_bulk, status="cancelled")
+        jobs_services.batch_fail(batch_id=mine.pk, code="x", message="already finished: no second signal")
+    assert queued == [("labeling.push.push_task", mine.id)]
 
     fake = FakeProject()
     monkeypatch.setattr(bulk, "label_studio_for", lambda project: fake)
-    # The first look queues itself behind the batch at once, later ones wait PUSH_RETRY_SECONDS.
-    assert "queued again behind it" in push.push_task(mine.id)
-    assert queued[-1] == (mine.id, None, 1)
-    assert "looking again" in push.push_task(mine.id, 1)
-    assert queued[-1][0] == mine.id and queued[-1][1].total_seconds() == push.PUSH_RETRY_SECONDS
-    assert queued[-1][2] == 2
     finish(mine, [output_line("a", "Positive")])
     assert "1 tasks created, 1 with a prediction" in push.push_task(mine.id)
     assert "0 tasks created" in push.push_task(mine.id)
     assert push.push_task("batch_missing") == "batch deleted"
 
 
-def test_push_task_gives_up_past_the_window_and_reports_errors(project, owner):
-    batch = user_batch(owner, [chat("a", "x")], metadata={"labelstudio_project": "99"})
-    Batch.objects.filter(pk=batch.pk).update(expires_at=timezone.now() - timedelta(hours=2))
-    assert push.push_task(batch.id, 1) == "gave up"
-    finish(batch, [])
+def test_push_task_reports_errors(project, owner):
+    batch = finish(user_batch(owner, [chat("a", "x")], metadata={"labelstudio_project": "99"}), [])
     assert "No labeling project for Label Studio project 99" in push.push_task(batch.id)
 
 
 def test_the_batch_admin_has_the_push_action(project, owner, admin_client, monkeypatch):
     monkeypatch.setattr("jobs.queueing.enqueue_batch", lambda batch_id: None)
-    queued = []
-    monkeypatch.setattr(push, "enqueue_push", lambda batch_id, delay=None, attempt=0: queued.append(batch_id))
     fake = FakeProject()
     monkeypatch.setattr(bulk, "label_studio_for", lambda project: fake)
     done = finish(user_batch(owner, [chat("a", "Great"), chat("b", "Bad")]), [output_line("a", "Positive")])
     running = user_batch(owner, [chat("a", "x")])
+    # A bulk prediction started without push_when_done is not pushed by the cluster: refused while it runs.
+    running_bulk = user_batch(
+        owner, [chat("a", "x")], metadata={"labelstudio_project": "7", "labelstudio_model_version": "v"}
+    )
     unnamed = finish(user_batch(owner, [chat("a", "x")], metadata={}), [])
     page = admin_client.get("/admin/jobs/batch/")
     assert b"push_batches_action" in page.content
     response = admin_client.post(
         "/admin/jobs/batch/",
-        {"action": "push_batches_action", "_selected_action": [done.pk, running.pk, unnamed.pk]},
+        {"action": "push_batches_action", "_selected_action": [done.pk, running.pk, running_bulk.pk, unnamed.pk]},
         follow=True,
     )
     shown = [str(m) for m in response.context["messages"]]
     assert any(f"{done.id} -> Label Studio project 7: 2 tasks created, 1 with a prediction" in m for m in shown)
     assert any(f"{running.id} is validating: pushed when it finishes" in m for m in shown)
+    assert any(f"{running_bulk.id} is validating: not finished yet; run it again when it completes" in m for m in shown)
     assert any(f"{unnamed.id}: no labelstudio_project" in m for m in shown)
-    assert queued == [running.id]
     assert len(fake.created) == 2
 
 
@@ -320,12 +323,3 @@ def test_command_push_batch(project, owner, monkeypatch):
         call_command("labelstudio", "push-batch", batch.id)
     with pytest.raises(CommandError, match="No batch"):
         call_command("labelstudio", "push-batch", "batch_nope", "7")
-
-
-def test_later_looks_are_django_q_schedules(db):
-    from django_q.models import Schedule
-
-    push.enqueue_push("batch_x", delay=timedelta(seconds=push.PUSH_RETRY_SECONDS), attempt=2)
-    scheduled = Schedule.objects.get(func="labeling.push.push_task")
-    assert scheduled.schedule_type == Schedule.ONCE and scheduled.next_run > timezone.now()
-    assert scheduled.args == "('batch_x', 2)"
