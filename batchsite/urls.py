@@ -1,6 +1,6 @@
 from django.contrib import admin
 from django.urls import include, path
-from drf_spectacular.views import SpectacularJSONAPIView
+from drf_spectacular.views import SpectacularJSONAPIView, SpectacularSwaggerView
 from rest_framework.permissions import AllowAny
 
 from batchsite import health, metrics
@@ -28,6 +28,14 @@ urlpatterns = [
         "v1/openapi.json",
         SpectacularJSONAPIView.as_view(permission_classes=[AllowAny], authentication_classes=[]),
         name="openapi-schema",
+    ),
+    # The API reference (Swagger UI from drf-spectacular-sidecar's static files, no CDN).
+    path(
+        "docs/",
+        SpectacularSwaggerView.as_view(
+            url_name="openapi-schema", permission_classes=[AllowAny], authentication_classes=[]
+        ),
+        name="api-docs",
     ),
 ]
 

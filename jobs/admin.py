@@ -1,14 +1,17 @@
+from datetime import UTC, datetime
+
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
 from django.http import FileResponse, Http404
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
+from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 
 from batchsite.errors import ApiError
 
-from . import services
+from . import selectors, services
 from .models import ApiKey, Batch, File
 
 
@@ -87,10 +90,45 @@ class FileAdmin(admin.ModelAdmin):
         return download_links(("download", file.pk))
 
 
+def duration_text(seconds):
+    if seconds is None:
+        return "-"
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h {minutes:02d}m" if hours else f"{minutes}m {secs:02d}s"
+
+
+def throughput_chart(hourly, width=720, height=160):
+    """Output tokens per hour as SVG bars (drawn by the template, no script)."""
+    top = max((hour["output_tokens"] for hour in hourly), default=0) or 1
+    step = width / max(len(hourly), 1)
+    bars = []
+    for i, hour in enumerate(hourly):
+        bar_height = round(hour["output_tokens"] / top * (height - 20), 1)
+        start = datetime.fromtimestamp(hour["start"], tz=UTC)
+        bars.append(
+            {
+                "x": round(i * step + 2, 1),
+                "y": round(height - bar_height, 1),
+                "width": round(step - 4, 1),
+                "height": bar_height,
+                "tokens": hour["output_tokens"],
+                "requests": hour["requests_completed"],
+                "hour": start.strftime("%H:00"),
+                "label": start.strftime("%H:00") if i % 6 == 0 else "",
+                "label_x": round(i * step + step / 2, 1),
+            }
+        )
+    return {"width": width, "height": height, "bars": bars, "top": top}
+
+
 @admin.register(Batch)
 class BatchAdmin(admin.ModelAdmin):
-    list_display = ["id", "status", "endpoint", "model", "progress_bar", "files", "owner", "created_at"]
-    list_filter = ["status", "endpoint"]
+    # Newest first, narrow enough for a 1400-pixel window: the files are on the batch's page.
+    list_display = ["id", "status", "created_at", "owner", "model", "duration", "progress_bar"]
+    list_filter = ["status", "endpoint", "created_at", "model", "owner"]
+    ordering = ["-created_at", "-pk"]
+    date_hierarchy = "created_at"
     list_select_related = ["owner"]
     search_fields = ["id", "model"]
     actions = ["cancel_batches"]
@@ -110,6 +148,36 @@ class BatchAdmin(admin.ModelAdmin):
             batch.total_requests,
             batch.failed_requests,
         )
+
+    @admin.display(description="duration")
+    def duration(self, batch):
+        """In progress until finished (or until now, while it runs)."""
+        if batch.in_progress_at is None:
+            return "-"
+        end = (
+            batch.completed_at or batch.failed_at or batch.cancelled_at or batch.expired_at
+            if batch.is_finished
+            else timezone.now()
+        )
+        return duration_text(((end or batch.updated_at) - batch.in_progress_at).total_seconds())
+
+    def get_urls(self):
+        dashboard = path("dashboard/", self.admin_site.admin_view(self.dashboard_view), name="jobs_batch_dashboard")
+        return [dashboard, *super().get_urls()]
+
+    def dashboard_view(self, request):
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        stats = selectors.batch_stats(owner=None)
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Batch dashboard",
+            "stats": stats,
+            "statuses": [(status, n) for status, n in stats["by_status"].items() if n],
+            "chart": throughput_chart(stats["hourly"]),
+            "average_duration": duration_text(stats["average_duration_seconds"]),
+        }
+        return TemplateResponse(request, "admin/jobs/dashboard.html", context)
 
     @admin.display(description="files")
     def files(self, batch):

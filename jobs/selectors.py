@@ -163,10 +163,11 @@ def batch_queue(*, owner, workers_online, now=None):
 
 
 def batch_stats(*, owner, now=None):
-    """The caller's batches in figures: totals by status and model, success rate,
-    average processing time, tokens, and the last 24 hours by hour."""
+    """The caller's batches (every owner's for owner=None: the admin's dashboard) in
+    figures: totals by status and model, success rate, average processing time,
+    tokens, and the last 24 hours by hour."""
     now = now or timezone.now()
-    owned = Batch.objects.filter(owner=owner)
+    owned = Batch.objects.all() if owner is None else Batch.objects.filter(owner=owner)
     by_status = dict(owned.values_list("status").annotate(n=Count("pk")).order_by())
     by_model = {
         row.pop("model"): row
