@@ -132,6 +132,13 @@ def service_user():
     return user
 
 
+def may_write_to_label_studio(user):
+    """Whether a batch's owner may have its results written to Label Studio and to
+    a project's stored predictions when it finishes: batch metadata is the API
+    user's own input, so naming a project is not enough."""
+    return user.username == SERVICE_USER or user.has_perm("labeling.change_labelingproject")
+
+
 def _has_prediction(task, model_version):
     return any(p.get("model_version") == model_version for p in task.get("predictions") or [])
 

@@ -297,7 +297,8 @@ def push_batches_action(modeladmin, request, queryset):
             )
             continue
         if batch.status in Batch.ACTIVE:
-            if is_user_push(batch) or bulk.pushes_when_done(batch):
+            pushed_when_done = is_user_push(batch) or bulk.pushes_when_done(batch)
+            if pushed_when_done and bulk.may_write_to_label_studio(batch.owner):
                 modeladmin.message_user(
                     request, f"{batch.id} is {batch.status}: pushed when it finishes.", messages.INFO
                 )

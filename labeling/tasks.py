@@ -1,8 +1,12 @@
 """django-q entry points of the Label Studio loop: each takes an id and calls a service."""
 
+import logging
+
 from jobs.models import Batch
 
 from . import bulk, evaluation, events, push, training
+
+logger = logging.getLogger(__name__)
 
 
 def process_event(event_id):
@@ -19,10 +23,11 @@ def export_training(run_id, owner_id=None):
 def batch_finished(sender, batch_id, **kwargs):
     """Receiver of jobs.signals.batch_finished (connected in LabelingConfig.ready):
     queues the one task that a finished batch of the Label Studio loop needs, by
-    what its metadata says it is; an ordinary batch gets none."""
+    what its metadata says it is; an ordinary batch gets none, and neither does one
+    whose owner may not change labeling projects."""
     from django_q.tasks import async_task
 
-    batch = Batch.objects.filter(pk=batch_id).first()
+    batch = Batch.objects.select_related("owner").filter(pk=batch_id).first()
     if batch is None:
         return None
     if evaluation.is_ground_truth_run(batch):
@@ -32,5 +37,12 @@ def batch_finished(sender, batch_id, **kwargs):
     elif push.is_user_push(batch):
         func, name = "labeling.push.push_task", f"push {batch_id} to Label Studio"
     else:
+        return None
+    if not bulk.may_write_to_label_studio(batch.owner):
+        logger.warning(
+            "batch %s names a Label Studio project but its owner %s lacks labeling.change_labelingproject: not pushed",
+            batch_id,
+            batch.owner,
+        )
         return None
     return async_task(func, batch_id, task_name=name)

@@ -54,7 +54,12 @@ class FakeProject(FakeLabelStudio):
 
 @pytest.fixture
 def owner(db):
-    return get_user_model().objects.create(username="team")
+    """A team allowed to write to labeling projects (labeling.change_labelingproject)."""
+    from django.contrib.auth.models import Permission
+
+    user = get_user_model().objects.create(username="team")
+    user.user_permissions.add(Permission.objects.get(codename="change_labelingproject"))
+    return user
 
 
 @pytest.fixture
@@ -276,6 +281,24 @@ def test_a_user_batch_naming_a_project_is_pushed_when_it_finishes(
     assert "1 tasks created, 1 with a prediction" in push.push_task(mine.id)
     assert "0 tasks created" in push.push_task(mine.id)
     assert push.push_task("batch_missing") == "batch deleted"
+
+
+def test_a_batch_whose_owner_may_not_change_labeling_projects_is_not_pushed(
+    project, monkeypatch, django_capture_on_commit_callbacks
+):
+    """Metadata is the API user's own input: naming a project is not enough."""
+    queued = []
+    monkeypatch.setattr("jobs.queueing.enqueue_batch", lambda batch_id: None)
+    monkeypatch.setattr("django_q.tasks.async_task", lambda func, *args, **kwargs: queued.append((func, *args)))
+    stranger = get_user_model().objects.create(username="stranger")
+    for metadata in (
+        {"labelstudio_project": "7"},
+        {"labelstudio_project": "7", "labelstudio_model_version": "v", "labelstudio_push": "when_done"},
+        {"labelstudio_store": "local", "labelstudio_model_version": "v"},
+    ):
+        with django_capture_on_commit_callbacks(execute=True):
+            finish_through_jobs(user_batch(stranger, [chat("a", "x")], metadata=metadata))
+    assert queued == []
 
 
 def test_push_task_reports_errors(project, owner):

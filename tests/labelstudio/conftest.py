@@ -234,6 +234,19 @@ def backend_url(stack):
 
 
 @pytest.fixture(scope="session")
+def may_push(stack):
+    """The e2e API user may have its batches written to Label Studio
+    (labeling.change_labelingproject), as an operator grants it in the admin."""
+    stack.manage(
+        "shell",
+        "-c",
+        "from django.contrib.auth.models import Permission, User\n"
+        "User.objects.get(username='e2e').user_permissions.add("
+        "Permission.objects.get(codename='change_labelingproject'))",
+    )
+
+
+@pytest.fixture(scope="session")
 def tiny_llama_ready(stack, client):
     """The worker loads tiny-llama for its first batch; /predict works once its heartbeat says so."""
     file = client.files.create(

@@ -242,7 +242,7 @@ def test_accuracy_of_the_backend_predictions_against_ground_truth_from_label_stu
     assert accuracy(api, pid, version)["controls"]["sentiment"]["accuracy"] == pytest.approx(5 / 7)
 
 
-def test_a_pushed_batch_is_labelled_synced_and_scored(tiny_llama_ready, stack, client, ls, api, backend_url):
+def test_a_pushed_batch_is_labelled_synced_and_scored(tiny_llama_ready, may_push, stack, client, ls, api, backend_url):
     project = ls.create_project("loop batch to accuracy", CLASSIFICATION)
     pid = project["id"]
     ls.connect_ml_backend(pid, backend_url, "vllm-batch")

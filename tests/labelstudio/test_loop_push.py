@@ -39,7 +39,9 @@ def pushed_tasks(ls, project_id):
     return [t for t in ls.tasks(project_id, with_predictions=True) if (t.get("meta") or {}).get("vllm_batch")]
 
 
-def test_a_finished_batch_is_pushed_as_tasks_with_valid_predictions(tiny_llama_ready, stack, client, ls, backend_url):
+def test_a_finished_batch_is_pushed_as_tasks_with_valid_predictions(
+    tiny_llama_ready, may_push, stack, client, ls, backend_url
+):
     project = ls.create_project("push a batch", CLASSIFICATION)
     # Connecting the model is how vllm-batch learns Label Studio's URL and token (/setup).
     ls.connect_ml_backend(project["id"], backend_url, "vllm-batch")
