@@ -1,5 +1,6 @@
 """The operations console in a real browser: the heartbeat card follows the cluster
-live, and the Restart action brings up a new worker process."""
+live (a stopped worker leaves its rows for the stopped-or-lost link), and the
+Restart action brings up a new worker process."""
 
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as EC
@@ -44,14 +45,19 @@ def test_heartbeat_card_follows_the_worker_without_a_reload(stack, admin_login):
     browser.execute_script("window.sameDocument = true;")
 
     stack.stop_worker()
-    wait_for_card(
-        browser,
-        lambda row: row["name"] == worker["name"] and row["freshness"] == "offline",
-        30,
-        "the card did not show the stopped worker offline",
+    # A worker that stopped is gone from the card's rows; the card links to it among
+    # the stopped or lost ones (the list's "show" filter).
+    WebDriverWait(browser, 30, poll_frequency=0.5).until(
+        lambda b: (
+            all(row["name"] != worker["name"] for row in card_rows(b))
+            and "stopped or lost" in b.find_element(By.CSS_SELECTOR, "#heartbeat-card .heartbeat-others").text
+        ),
+        "the card did not move the stopped worker behind its stopped-or-lost link",
     )
+    link = browser.find_element(By.CSS_SELECTOR, "#heartbeat-card .heartbeat-others a")
+    assert link.get_attribute("href").endswith("?show=gone")
     assert browser.execute_script("return window.sameDocument;") is True
-    shoot(browser, "admin-heartbeat-offline")
+    shoot(browser, "admin-heartbeat-stopped")
 
     # Later tests need a worker.
     stack.start_worker()
