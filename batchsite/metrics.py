@@ -5,10 +5,12 @@ the web (Label Studio events, predictions), so no process's own memory holds the
 one Collector reads the rows when Prometheus scrapes. Counters are sums over rows
 that only grow, so they survive restarts of any process without going backwards
 (they drop only when rows are deleted, as a counter reset, which Prometheus's
-rate() handles)."""
+rate() handles). The one exception, the realtime latency histogram, is observed
+in the web processes and summed from prometheus_client's multiprocess files."""
 
 import hmac
 import math
+import os
 from collections import defaultdict
 from datetime import timedelta
 
@@ -18,13 +20,14 @@ from django.http import HttpResponse, JsonResponse
 from django.utils import timezone
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, multiprocess
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
 from batchsite.errors import error_envelope
 from jobs.models import Batch, WebhookDelivery
 from labeling.models import PredictionLog, WebhookEvent
 from workers.models import Worker
+from workers.realtime import latency
 from workers.selectors import worker_list_recent
 
 PREFIX = "vllm_batch"
@@ -146,6 +149,11 @@ class DatabaseCollector:
         host = GaugeMetricFamily(
             f"{PREFIX}_worker_host_memory_used_bytes", "Host memory used by the worker process.", labels=["worker"]
         )
+        load = GaugeMetricFamily(
+            f"{PREFIX}_worker_model_load_seconds",
+            "How long the worker's last model load took.",
+            labels=["worker", "model"],
+        )
         for worker in worker_list_recent(now=now, limit=None):
             age.add_metric([worker.name], max((now - worker.last_seen).total_seconds(), 0.0))
             for value in Worker.State.values:
@@ -156,7 +164,9 @@ class DatabaseCollector:
                     family.add_metric([worker.name, worker.memory_kind or "unknown"], getattr(worker, field))
             if worker.host_memory_used is not None:
                 host.add_metric([worker.name], worker.host_memory_used)
-        yield from (age, state, online, *memory.values(), host)
+            if worker.last_load_seconds is not None:
+                load.add_metric([worker.name, worker.last_load_model], worker.last_load_seconds)
+        yield from (age, state, online, *memory.values(), host, load)
 
     def webhooks(self):
         counts = dict(WebhookDelivery.objects.values_list("status").annotate(n=Count("id")).order_by())
@@ -204,6 +214,11 @@ class DatabaseCollector:
 
 registry = CollectorRegistry(auto_describe=False)
 registry.register(DatabaseCollector())
+if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    # The realtime latency of every gunicorn process, not only the one scraped.
+    multiprocess.MultiProcessCollector(registry)
+else:
+    registry.register(latency.REQUEST_SECONDS)
 
 
 def allowed(request):

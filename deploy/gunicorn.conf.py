@@ -2,6 +2,15 @@
 (make serve, the systemd unit). Flags on the command line or in GUNICORN_CMD_ARGS
 override these, e.g. GUNICORN_CMD_ARGS="-b 0.0.0.0:8000 -w 8"."""
 
+import os
+import shutil
+from pathlib import Path
+
+# Each web process writes its realtime latency observations here, and /metrics sums
+# them; prometheus_client reads the variable when imported, so it is set before the app loads.
+_var_dir = Path(os.environ.get("VLLM_BATCH_VAR_DIR") or Path(__file__).resolve().parent.parent / "var")
+os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", str(_var_dir / "prometheus"))
+
 bind = "127.0.0.1:8000"
 workers = 4
 # Threads, because a realtime request (a stream, or one waiting for a model swap)
@@ -20,3 +29,16 @@ backlog = 2048
 # Behind a proxy on this host: trust its X-Forwarded-* headers (Django reads
 # X-Forwarded-Proto only when VLLM_BATCH_BEHIND_PROXY / VLLM_BATCH_HTTPS is set).
 forwarded_allow_ips = "127.0.0.1,::1"
+
+
+def on_starting(server):
+    # Files of an earlier run would add its observations to this one's.
+    directory = Path(os.environ["PROMETHEUS_MULTIPROC_DIR"])
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir(parents=True, exist_ok=True)
+
+
+def child_exit(server, worker):
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)

@@ -6,6 +6,7 @@ settings plus devtools' commands (devtools/settings.py). Every wait here is boun
 """
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -110,14 +111,19 @@ class Stack:
     def admin_url(self):
         return f"http://127.0.0.1:{self.port}/admin/"
 
-    def _spawn(self, name, args):
+    def _spawn(self, name, args, env=None):
         log = open(self.var_dir / f"{self.log_prefix}{name}.log", "ab")  # noqa: SIM115
         self.logs.append(log)
         return subprocess.Popen(
-            args, cwd=PROJECT_DIR, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            args, cwd=PROJECT_DIR, env=env or self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
 
     def start_web(self, workers=2):
+        # As deploy/gunicorn.conf.py does: the web processes share their realtime
+        # latency histogram through prometheus_client's multiprocess files.
+        metrics_dir = self.var_dir / "prometheus"
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+        metrics_dir.mkdir()
         self.web = self._spawn(
             "web",
             [
@@ -134,6 +140,7 @@ class Stack:
                 "--timeout",
                 "300",
             ],
+            env={**self.env, "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)},
         )
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:

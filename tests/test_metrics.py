@@ -69,7 +69,9 @@ def test_values_match_the_rows(web):
     make_worker(
         hostname="gpu1", pid=7, age=3, state=Worker.State.PROCESSING, memory_kind="gpu",
         memory_used=5 * 2**30, memory_total=24 * 2**30, host_memory_used=2**30,
+        last_load_model="m-a", last_load_seconds=42.5, last_load_at=timezone.now(),
     )  # fmt: skip
+    make_worker(hostname="gpu2", pid=8)
     first, second = Batch.objects.filter(status="completed")
     WebhookDelivery.objects.create(batch_id=first.id, event_type="batch.completed", url="https://x", payload="{}")
     WebhookDelivery.objects.create(
@@ -115,6 +117,9 @@ def test_values_match_the_rows(web):
     assert value(s, "vllm_batch_worker_memory_used_bytes", worker=worker, kind="gpu") == 5 * 2**30
     assert value(s, "vllm_batch_worker_memory_total_bytes", worker=worker, kind="gpu") == 24 * 2**30
     assert value(s, "vllm_batch_worker_host_memory_used_bytes", worker=worker) == 2**30
+    assert value(s, "vllm_batch_worker_model_load_seconds", worker=worker, model="m-a") == 42.5
+    # A worker that loaded nothing yet has no load time.
+    assert not [key for key in s if key[0] == "vllm_batch_worker_model_load_seconds" and "gpu2:8" in str(key)]
 
     assert value(s, "vllm_batch_webhook_deliveries", status="pending") == 1
     assert value(s, "vllm_batch_webhook_deliveries", status="dead") == 1

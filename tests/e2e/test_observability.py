@@ -82,3 +82,29 @@ def test_health_ready_metrics_queue_stats_and_a_restart(stack, client):
     assert counters(restarted) == after
     stopped = [labels for (name, labels), v in restarted.items() if name == "vllm_batch_worker_state" and v == 1]
     assert any(("state", "stopped") in labels for labels in stopped), stopped
+
+
+def test_realtime_latency_and_model_load_time(stack, client):
+    """Every gunicorn process's realtime requests count in /metrics (multiprocess mode),
+    and the worker that loaded the model reports how long that took."""
+    batch = submit(client, [chat_request("warm", "hi", max_tokens=2)])
+    assert wait_finished(client, batch.id).status == "completed"
+    headers = {"Authorization": f"Bearer {stack.api_key}"}
+    deadline = time.monotonic() + 60
+    while httpx.post(f"{stack.base_url}/inference", json={"prompt": "hi", "max_tokens": 1}, headers=headers).is_error:
+        assert time.monotonic() < deadline, "no worker announced tiny-llama for realtime"
+        time.sleep(0.5)
+
+    count = ("vllm_batch_realtime_request_seconds_count", (("endpoint", "/v1/chat/completions"), ("status", "200")))
+    seconds = ("vllm_batch_realtime_request_seconds_sum", count[1])
+    earlier = scrape(stack)
+    for i in range(4):
+        client.chat.completions.create(
+            model="tiny-llama", messages=[{"role": "user", "content": f"count to {i}"}], max_tokens=4
+        )
+    samples = scrape(stack)
+    assert samples[count] == earlier.get(count, 0.0) + 4
+    assert 0 < samples[seconds] - earlier.get(seconds, 0.0) < 4 * 60
+
+    loads = {labels: v for (name, labels), v in samples.items() if name == "vllm_batch_worker_model_load_seconds"}
+    assert any(dict(labels)["model"] == "tiny-llama" and 0 < v < 600 for labels, v in loads.items()), loads

@@ -174,6 +174,7 @@ class WorkerAdmin(admin.ModelAdmin):
         "batch_progress",
         ("last_seen", "started_at"),
         ("memory", "host_memory"),
+        ("last_load_model", "last_load_seconds", "last_load_at"),
         ("lost_at", "lost_reason"),
         "unhealthy_reason",
     ]

@@ -9,7 +9,7 @@ batches wait until it has been unused for REALTIME_SWAP_HOLD_SECONDS. An engine
 whose process died counts as not loaded: the next batch loads a new one.
 
 While a model loads, `loading_model_name()` names it (the heartbeat shows the
-worker as loading).
+worker as loading); `last_load()` says which model loaded last and how long it took.
 """
 
 import logging
@@ -19,6 +19,7 @@ import time
 from contextlib import contextmanager
 
 from django.conf import settings
+from django.utils import timezone
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +33,7 @@ _users = 0
 _waiting = 0
 _hold_until = 0.0
 _finalizer_registered = False
+_last_load = None
 
 
 class EngineArgsRefused(ValueError):
@@ -73,6 +75,11 @@ def loaded_model_name():
 
 def loading_model_name():
     return _loading
+
+
+def last_load():
+    """{"model", "seconds", "at"} of the last model load that succeeded, or None."""
+    return _last_load
 
 
 def users():
@@ -184,13 +191,15 @@ def get_engine(registered_model):
 
 
 def _load(registered_model, args):
-    global _engine, _loading
+    global _engine, _loading, _last_load
     _check_engine_args(registered_model)
     _unload_now()
     _register_finalizer()
     _loading = registered_model.name
     try:
+        started = time.monotonic()
         _engine = _new_engine(registered_model.name, args)
+        _last_load = {"model": registered_model.name, "seconds": time.monotonic() - started, "at": timezone.now()}
     finally:
         _loading = None
         _changed.notify_all()

@@ -16,7 +16,7 @@ from rest_framework.views import APIView
 
 from batchsite.errors import ApiError
 
-from . import client, quota, wire
+from . import client, latency, quota, wire
 from . import schema as S
 
 RETRY_AFTER_SECONDS = 10
@@ -71,11 +71,14 @@ def _released_after(iterator, release):
 
 class RealtimeView(APIView):
     """Holds one of the owner's realtime slots (quota.py) from authentication until
-    the answer, or its stream, has been sent."""
+    the answer, or its stream, has been sent, and times the request until then."""
 
+    endpoint = None
     slot_owner = None
+    started = None
 
     def initial(self, request, *args, **kwargs):
+        self.started = time.monotonic()
         super().initial(request, *args, **kwargs)
         if quota.acquire(request.user.pk):
             self.slot_owner = request.user.pk
@@ -83,11 +86,18 @@ class RealtimeView(APIView):
     def finalize_response(self, request, response, *args, **kwargs):
         response = super().finalize_response(request, response, *args, **kwargs)
         owner, self.slot_owner = self.slot_owner, None
-        if owner is not None:
-            if response.streaming:
-                response.streaming_content = _released_after(response.streaming_content, lambda: quota.release(owner))
-            else:
+        started, self.started = self.started, None
+
+        def done():
+            if started is not None:
+                latency.observe(self.endpoint, response.status_code, time.monotonic() - started)
+            if owner is not None:
                 quota.release(owner)
+
+        if response.streaming:
+            response.streaming_content = _released_after(response.streaming_content, done)
+        else:
+            done()
         return response
 
     def handle_exception(self, exc):
@@ -121,15 +131,17 @@ class GenerationView(RealtimeView):
 
 @S.generation_schema(S.ChatCompletionRequest, S.ChatCompletion, "chat_completions_create")
 class ChatCompletionsView(GenerationView):
-    kind, required = "chat", "messages"
+    kind, required, endpoint = "chat", "messages", "/v1/chat/completions"
 
 
 @S.generation_schema(S.CompletionRequest, S.Completion, "completions_create")
 class CompletionsView(GenerationView):
-    kind, required = "completions", "prompt"
+    kind, required, endpoint = "completions", "prompt", "/v1/completions"
 
 
 class EmbeddingsView(RealtimeView):
+    endpoint = "/v1/embeddings"
+
     @extend_schema(
         request={"application/json": S.EmbeddingRequest}, responses=S.EmbeddingList, operation_id="embeddings_create"
     )
@@ -139,6 +151,8 @@ class EmbeddingsView(RealtimeView):
 
 class InferenceView(RealtimeView):
     """One prompt or conversation in, one text out."""
+
+    endpoint = "/v1/inference"
 
     @extend_schema(
         request={"application/json": S.InferenceRequest}, responses=S.InferenceResult, operation_id="inference_create"

@@ -64,6 +64,9 @@ def beat(name, started_at):
         "unhealthy_reason": stuck_reason(name, current["batch_id"], now),
         **memory.snapshot(),
     }
+    loaded = engine_host.last_load()
+    if loaded is not None:
+        fields.update(last_load_model=loaded["model"], last_load_seconds=loaded["seconds"], last_load_at=loaded["at"])
     worker, _ = Worker.objects.update_or_create(name=name, defaults=fields)
     return worker
 

@@ -192,3 +192,25 @@ def test_a_model_with_refused_engine_arguments_is_not_loaded(chat_model, fake_en
         take(chat_model)
     assert fake_engines == []
     assert engine_host.loaded_model_name() is None
+
+
+def test_the_last_load_is_timed(chat_model, embedding_model, monkeypatch, fake_engines):
+    def slow_engine(name, args):
+        time.sleep(0.2)
+        return LoadedEngine(name, args)
+
+    monkeypatch.setattr(engine_host, "_new_engine", slow_engine)
+    take(chat_model)
+    first = engine_host.last_load()
+    assert first["model"] == CHAT_MODEL
+    assert 0.2 <= first["seconds"] < 5
+    take(chat_model)
+    assert engine_host.last_load() is first, "holding a loaded model is no new load"
+
+    def refused(name, args):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(engine_host, "_new_engine", refused)
+    with pytest.raises(RuntimeError):
+        take(embedding_model)
+    assert engine_host.last_load() is first, "a failed load keeps the last good one"

@@ -4,6 +4,7 @@ import threading
 import time
 
 import pytest
+from django.utils import timezone
 
 from workers import state
 from workers.engine import host as engine_host
@@ -100,3 +101,17 @@ def test_poke_wakes_the_heartbeat_before_its_interval(monkeypatch):
         thread.stop()
         thread.join(5)
     assert not thread.is_alive()
+
+
+@pytest.mark.django_db
+def test_the_heartbeat_writes_the_last_load_time(chat_model, monkeypatch):
+    monkeypatch.setattr(engine_host, "_last_load", None)
+    worker = heartbeat.beat("here:1", timezone.now())
+    assert worker.last_load_seconds is None and worker.last_load_model == ""
+    engine_host.get_engine(chat_model)
+    loaded = engine_host.last_load()
+    worker = heartbeat.beat("here:1", timezone.now())
+    worker.refresh_from_db()
+    assert worker.last_load_model == chat_model.name
+    assert worker.last_load_seconds == pytest.approx(loaded["seconds"])
+    assert worker.last_load_at == loaded["at"]

@@ -397,3 +397,47 @@ def test_a_chat_message_with_a_role_openai_refuses_is_a_400_before_any_worker(ap
     response = api.post("/v1/chat/completions", body, format="json")
     assert response.status_code == 400
     assert response.json()["error"]["param"] == "messages.0.role"
+
+
+def observed(endpoint, status):
+    """How many requests the latency histogram counted for endpoint and status."""
+    from prometheus_client import REGISTRY
+
+    return (
+        REGISTRY.get_sample_value(
+            "vllm_batch_realtime_request_seconds_count", {"endpoint": endpoint, "status": str(status)}
+        )
+        or 0
+    )
+
+
+def test_each_realtime_request_is_timed_by_endpoint_and_status(api, chat_model, worker_says):
+    make_worker()
+    worker_says([{"done": chat_body()}])
+    ok, missing = observed("/v1/chat/completions", 200), observed("/v1/chat/completions", 400)
+    assert api.post("/v1/chat/completions", CHAT_BODY, format="json").status_code == 200
+    assert api.post("/v1/chat/completions", {"model": CHAT_MODEL}, format="json").status_code == 400
+    assert observed("/v1/chat/completions", 200) == ok + 1
+    assert observed("/v1/chat/completions", 400) == missing + 1
+
+
+def test_a_stream_is_timed_when_it_has_been_sent(api, chat_model, worker_says):
+    make_worker()
+    worker_says([{"chunk": {"object": "chat.completion.chunk", "choices": []}}, {"done": None}])
+    before = observed("/v1/chat/completions", 200)
+    response = api.post("/v1/chat/completions", {**CHAT_BODY, "stream": True}, format="json")
+    assert observed("/v1/chat/completions", 200) == before
+    b"".join(response.streaming_content)
+    assert observed("/v1/chat/completions", 200) == before + 1
+
+
+def test_a_failing_metric_does_not_fail_the_request(api, chat_model, worker_says, monkeypatch):
+    from workers.realtime import latency
+
+    def broken(*args):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(latency.REQUEST_SECONDS, "labels", broken)
+    make_worker()
+    worker_says([{"done": chat_body()}])
+    assert api.post("/v1/chat/completions", CHAT_BODY, format="json").status_code == 200
