@@ -175,8 +175,8 @@ def predict_start(*, project, owner=None, client=None, redo=False, push_when_don
     finally:
         if owned:
             client.close()
-    todo = tasks if redo else [t for t in tasks if not _has_prediction(t, project.model_version)]
-    bodies = P.build_requests(project, todo, config)
+    pending = tasks if redo else [t for t in tasks if not _has_prediction(t, project.model_version)]
+    bodies = P.build_requests(project, pending, config)
     lines = [
         json.dumps(
             {
@@ -187,15 +187,15 @@ def predict_start(*, project, owner=None, client=None, redo=False, push_when_don
             },
             ensure_ascii=False,
         )
-        for task, body in zip(todo, bodies, strict=True)
+        for task, body in zip(pending, bodies, strict=True)
         if body is not None
     ]
     started = Started(
         batch=None,
         tasks=len(tasks),
         requests=len(lines),
-        already_predicted=len(tasks) - len(todo),
-        no_text=len(todo) - len(lines),
+        already_predicted=len(tasks) - len(pending),
+        no_text=len(pending) - len(lines),
     )
     if not lines:
         return started
@@ -290,7 +290,7 @@ def predict_push(*, batch, client=None):
     client = client or label_studio_for(project)
     try:
         tasks = {t["id"]: t for t in client.tasks(project.ls_project_id, with_predictions=True)}
-        todo = []
+        pending = []
         for task_id in generations:
             task = tasks.get(task_id)
             if task is None:
@@ -298,10 +298,10 @@ def predict_push(*, batch, client=None):
             elif _has_prediction(task, model_version):
                 report.already_predicted += 1
             else:
-                todo.append(task)
-        predictions = P.results_from(project, todo, [generations[t["id"]] for t in todo], config)
+                pending.append(task)
+        predictions = P.results_from(project, pending, [generations[t["id"]] for t in pending], config)
         items = []
-        for task, prediction in zip(todo, predictions, strict=True):
+        for task, prediction in zip(pending, predictions, strict=True):
             if prediction.error:
                 report.failed += 1
                 if len(report.errors) < 5:

@@ -9,7 +9,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from batchsite.test_settings import VLLM_BATCH
 from jobs.models import Batch, WebhookDelivery
-from jobs.tests.factories import make_user
+from jobs.tests.factories import batch_row, make_user
 from labeling.models import LabelingProject, PredictionLog, WebhookEvent
 from workers.models import Worker
 from workers.tests.factories import make_worker
@@ -23,23 +23,19 @@ def web():
 
 
 def make_row(owner, status, model="m-a", total=0, done=0, failed=0, tin=0, tout=0, seconds=None, finished_ago=60):
-    now = timezone.now()
     fields = {}
     if seconds is not None:
-        finished = now - timedelta(seconds=finished_ago)
+        finished = timezone.now() - timedelta(seconds=finished_ago)
         fields = {"in_progress_at": finished - timedelta(seconds=seconds), "completed_at": finished}
-    return Batch.objects.create(
-        owner=owner,
-        endpoint="/v1/chat/completions",
-        input_file_id="file-x",
-        status=status,
+    return batch_row(
+        owner,
+        status,
         model=model,
-        total_requests=total,
-        completed_requests=done,
+        total=total,
+        done=done,
         failed_requests=failed,
         input_tokens=tin,
         output_tokens=tout,
-        expires_at=now + timedelta(hours=24),
         **fields,
     )
 

@@ -3,10 +3,12 @@
 import json
 import os
 import socket
+from datetime import timedelta
 
 from django.contrib.auth import get_user_model
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
+from django.utils import timezone
 from rest_framework.test import APIClient
 
 from jobs import services
@@ -73,6 +75,22 @@ def jsonl(lines):
         else:
             out.append(json.dumps(line).encode())
     return b"\n".join(out) + b"\n"
+
+
+def batch_row(owner, status, *, model="m-a", done=0, total=None, **fields):
+    """A Batch row with the given counts and times, without an input file: for
+    tests of figures computed from batches (stats, queue, metrics, admin)."""
+    return Batch.objects.create(
+        owner=owner,
+        endpoint=CHAT,
+        input_file_id="file-x",
+        status=status,
+        model=model,
+        total_requests=done if total is None else total,
+        completed_requests=done,
+        expires_at=timezone.now() + timedelta(hours=24),
+        **fields,
+    )
 
 
 def make_input_file(owner, lines, filename="in.jsonl"):

@@ -7,9 +7,7 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from jobs.models import Batch
-
-from .factories import make_user
+from .factories import batch_row, make_user
 
 pytestmark = pytest.mark.django_db
 
@@ -19,17 +17,13 @@ def row(owner, status="completed", model="m-a", created_ago_days=0, seconds=None
     fields = {}
     if seconds is not None:
         fields = {"in_progress_at": now - timedelta(seconds=seconds + 60), "completed_at": now - timedelta(seconds=60)}
-    return Batch.objects.create(
-        owner=owner,
-        endpoint="/v1/chat/completions",
-        input_file_id="file-x",
-        status=status,
+    return batch_row(
+        owner,
+        status,
         model=model,
-        total_requests=done,
-        completed_requests=done,
+        done=done,
         output_tokens=tout,
         created_at=now - timedelta(days=created_ago_days),
-        expires_at=now + timedelta(hours=24),
         **fields,
     )
 

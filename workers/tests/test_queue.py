@@ -7,25 +7,22 @@ from django.utils import timezone
 
 from jobs import selectors
 from jobs.models import Batch
-from jobs.tests.factories import make_client, make_user
+from jobs.tests.factories import batch_row, make_client, make_user
 from workers.tests.factories import make_worker
 
 pytestmark = pytest.mark.django_db
 
 
 def row(owner, status, now, model="m-a", total=0, done=0, failed=0, tout=0, created_ago=0, **fields):
-    return Batch.objects.create(
-        owner=owner,
-        endpoint="/v1/chat/completions",
-        input_file_id="file-x",
-        status=status,
+    return batch_row(
+        owner,
+        status,
         model=model,
-        total_requests=total,
-        completed_requests=done,
+        total=total,
+        done=done,
         failed_requests=failed,
         output_tokens=tout,
         created_at=now - timedelta(seconds=created_ago),
-        expires_at=now + timedelta(hours=24),
         **fields,
     )
 
