@@ -120,8 +120,9 @@ class Stack:
 
     def start_web(self, workers=2):
         # As deploy/gunicorn.conf.py does: the web processes share their realtime
-        # latency histogram through prometheus_client's multiprocess files.
-        metrics_dir = self.var_dir / "prometheus"
+        # latency histogram through prometheus_client's multiprocess files. One
+        # directory per stack: a second web on the same var dir must not wipe it.
+        metrics_dir = self.var_dir / f"{self.log_prefix}prometheus"
         shutil.rmtree(metrics_dir, ignore_errors=True)
         metrics_dir.mkdir()
         self.web = self._spawn(
