@@ -12,7 +12,11 @@ WEBHOOK_RETRY_SECONDS doubling, and after WEBHOOK_MAX_ATTEMPTS the delivery is
 `dead` (a dead letter the admin can send again). Only http(s) URLs whose every
 address is public are used: loopback, private, link-local (the cloud metadata
 address among them) and reserved addresses are refused unless
-VLLM_BATCH_WEBHOOK_ALLOW_PRIVATE is set.
+VLLM_BATCH_WEBHOOK_ALLOW_PRIVATE is set. The check at creation is not enough: a
+name may resolve to a public address then and to 127.0.0.1 at send time (DNS
+rebinding). So each send resolves the host once, checks those addresses and
+connects to exactly the first of them, with the Host header and TLS server name
+(SNI, certificate check) of the URL's own host.
 """
 
 import base64
@@ -78,24 +82,63 @@ def headers(secret, message_id, body, timestamp=None):
 # -- where to --------------------------------------------------------------------
 
 
-def check_url(url):
-    """Raises UnsafeUrl unless `url` is http(s) to a host whose every address is public."""
+def _parts(url):
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise UnsafeUrl(f"A webhook URL must be http or https with a host: {url!r}.")
-    if config()["WEBHOOK_ALLOW_PRIVATE"]:
-        return
+    return parts
+
+
+def _addresses(parts):
+    """Every address the URL's host resolves to now."""
+    port = parts.port or (443 if parts.scheme == "https" else 80)
     try:
-        infos = socket.getaddrinfo(parts.hostname, parts.port or 443, type=socket.SOCK_STREAM)
-    except (socket.gaierror, UnicodeError) as exc:
+        infos = socket.getaddrinfo(parts.hostname, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError, ValueError) as exc:
         raise UnsafeUrl(f"The webhook host {parts.hostname!r} does not resolve: {exc}.") from None
-    for info in infos:
-        address = ipaddress.ip_address(info[4][0].split("%", 1)[0])
+    return [ipaddress.ip_address(info[4][0].split("%", 1)[0]) for info in infos]
+
+
+def _refuse_private(hostname, addresses):
+    for address in addresses:
         if not address.is_global:
             raise UnsafeUrl(
-                f"The webhook host {parts.hostname!r} is at {address}, a loopback, private, link-local or reserved "
+                f"The webhook host {hostname!r} is at {address}, a loopback, private, link-local or reserved "
                 "address: refused."
             )
+
+
+def check_url(url):
+    """Raises UnsafeUrl unless `url` is http(s) to a host whose every address is public."""
+    parts = _parts(url)
+    if config()["WEBHOOK_ALLOW_PRIVATE"]:
+        return
+    _refuse_private(parts.hostname, _addresses(parts))
+
+
+def send_target(url):
+    """Where one send to `url` goes: (URL to connect to, extra headers, httpx request extensions).
+
+    Resolves the host once and, unless private addresses are allowed, refuses the
+    send when any address is not public (UnsafeUrl); the URL returned names the
+    first address itself, so nothing resolves the name again between the check
+    and the connection. The Host header and the TLS server name stay the host's."""
+    parts = _parts(url)
+    try:
+        original = httpx.URL(url)
+    except httpx.InvalidURL as exc:
+        raise UnsafeUrl(f"Not a valid webhook URL: {exc}.") from None
+    if config()["WEBHOOK_ALLOW_PRIVATE"]:
+        return original, {}, {}
+    addresses = _addresses(parts)
+    _refuse_private(parts.hostname, addresses)
+    if str(addresses[0]) == parts.hostname:  # an address in the URL itself
+        return original, {}, {}
+    return (
+        original.copy_with(host=str(addresses[0])),
+        {"host": original.netloc.decode("ascii")},
+        {"sni_hostname": original.raw_host.decode("ascii")},
+    )
 
 
 def endpoint_for(batch):
@@ -160,17 +203,17 @@ def _post(delivery):
     if delivery.endpoint is None:
         return "the API key's webhook was deleted"
     try:
-        check_url(delivery.url)
+        target, host_header, extensions = send_target(delivery.url)
     except UnsafeUrl as exc:
         return str(exc)
     try:
-        response = httpx.post(
-            delivery.url,
-            content=delivery.payload.encode(),
-            headers=headers(delivery.endpoint.secret, delivery.pk, delivery.payload),
-            timeout=config()["WEBHOOK_TIMEOUT"],
-            follow_redirects=False,
-        )
+        with httpx.Client(timeout=config()["WEBHOOK_TIMEOUT"], follow_redirects=False) as client:
+            response = client.post(
+                target,
+                content=delivery.payload.encode(),
+                headers={**headers(delivery.endpoint.secret, delivery.pk, delivery.payload), **host_header},
+                extensions=extensions,
+            )
     except httpx.HTTPError as exc:
         return f"{type(exc).__name__}: {exc}"
     WebhookDelivery.objects.filter(pk=delivery.pk).update(last_status_code=response.status_code)

@@ -3,6 +3,7 @@ setting here): Standard Webhooks signatures, retries with backoff and exactly on
 success, dead letters re-sent, unsafe URLs refused."""
 
 import json
+import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -219,3 +220,79 @@ def test_the_admin_shows_a_new_webhook_secret_once_on_the_page_and_refuses_unsaf
     assert (
         endpoint.secret not in admin_client.get(f"/admin/jobs/webhookendpoint/{endpoint.pk}/change/").content.decode()
     )
+
+
+class FakeResolver:
+    """socket.getaddrinfo for `name`: the answers in turn (the last one repeats); addresses resolve to themselves."""
+
+    def __init__(self, name, *answers):
+        self.name = name
+        self.answers = list(answers)
+        self.calls = 0
+        self.real = socket.getaddrinfo
+
+    def __call__(self, host, port, *args, **kwargs):
+        if host != self.name:
+            return self.real(host, port, *args, **kwargs)
+        self.calls += 1
+        address = self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (address, port))]
+
+
+def rebinding_delivery(user, monkeypatch, resolver, url):
+    monkeypatch.setattr(socket, "getaddrinfo", resolver)
+    api_key, _raw = services.api_key_create(owner=user, name="hooks")
+    webhooks.endpoint_create(api_key=api_key, url=url)  # checked here: a public address
+    batch = make_batch(user, [chat_request("a")])
+    Batch.objects.filter(pk=batch.pk).update(status=Batch.Status.COMPLETED)
+    return webhooks.batch_ended(batch.pk)
+
+
+def test_a_name_rebound_to_loopback_at_send_time_is_refused(user, receiver, settings, monkeypatch):
+    settings.VLLM_BATCH = {**settings.VLLM_BATCH, "WEBHOOK_MAX_ATTEMPTS": 1}
+    hook = receiver(200)
+    port = hook.server.server_port
+    resolver = FakeResolver("hooks.example.com", "93.184.216.34", "127.0.0.1")
+    delivery = rebinding_delivery(user, monkeypatch, resolver, f"http://hooks.example.com:{port}/hook")
+
+    assert webhooks.deliver(delivery.pk) == "dead"
+
+    assert hook.requests == []
+    delivery.refresh_from_db()
+    assert "127.0.0.1" in delivery.last_error and "refused" in delivery.last_error
+
+
+def test_a_send_connects_to_the_address_it_checked_keeping_the_host_header(user, receiver, monkeypatch):
+    """The name is resolved once per send: a second lookup (say, by the HTTP client)
+    would rebind to loopback; the connection goes to the checked address instead."""
+    hook = receiver(200)
+    port = hook.server.server_port
+    resolver = FakeResolver("hooks.example.com", "93.184.216.34", "93.184.216.34", "127.0.0.1")
+    delivery = rebinding_delivery(user, monkeypatch, resolver, f"http://hooks.example.com:{port}/hook")
+    connected = []
+    real_connect = socket.create_connection
+
+    def create_connection(address, *args, **kwargs):
+        connected.append(address)
+        # The checked public address stands for the receiver on loopback here.
+        return real_connect(("127.0.0.1", address[1]) if address[0] == "93.184.216.34" else address, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "create_connection", create_connection)
+
+    assert webhooks.deliver(delivery.pk) == "delivered"
+
+    assert connected == [("93.184.216.34", port)]
+    assert resolver.calls == 2  # once at creation, once at the send
+    [request] = hook.requests
+    headers = {k.lower(): v for k, v in request["headers"].items()}
+    assert headers["host"] == f"hooks.example.com:{port}"
+
+
+def test_an_https_send_keeps_the_hosts_tls_name(db, monkeypatch):
+    monkeypatch.setattr(socket, "getaddrinfo", FakeResolver("hooks.example.com", "93.184.216.34"))
+
+    url, extra_headers, extensions = webhooks.send_target("https://hooks.example.com/hook?x=1")
+
+    assert str(url) == "https://93.184.216.34/hook?x=1"
+    assert extra_headers == {"host": "hooks.example.com"}
+    assert extensions == {"sni_hostname": "hooks.example.com"}
