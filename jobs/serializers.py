@@ -12,6 +12,8 @@ from .services import COMPLETION_WINDOWS
 
 # OpenAI's bounds on a file's expires_after: one hour to 30 days.
 EXPIRES_AFTER_SECONDS = (3600, 30 * 24 * 3600)
+# 9999-12-31T23:59:59Z: later Unix seconds have no datetime (found by the schema fuzz: a 500).
+MAX_TIMESTAMP = 253_402_300_799
 
 
 class FileUploadSerializer(serializers.Serializer):
@@ -56,10 +58,10 @@ class BatchListQuerySerializer(serializers.Serializer):
     status = serializers.ChoiceField(choices=Batch.Status.choices, required=False, help_text="Extension.")
     model = serializers.CharField(required=False, max_length=200, help_text="Extension.")
     created_after = serializers.IntegerField(
-        required=False, min_value=0, help_text="Extension: Unix seconds, created at or after."
+        required=False, min_value=0, max_value=MAX_TIMESTAMP, help_text="Extension: Unix seconds, created at or after."
     )
     created_before = serializers.IntegerField(
-        required=False, min_value=0, max_value=2**40, help_text="Extension: Unix seconds, created before."
+        required=False, min_value=0, max_value=MAX_TIMESTAMP, help_text="Extension: Unix seconds, created before."
     )
 
     def validate(self, data):

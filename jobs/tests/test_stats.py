@@ -145,3 +145,6 @@ def test_bad_history_filters(api):
     assert_error(api.get("/v1/batches", {"status": "done"}), 400, param="status")
     assert_error(api.get("/v1/batches", {"created_after": "yesterday"}), 400, param="created_after")
     assert_error(api.get("/v1/batches", {"created_before": "-5"}), 400, param="created_before")
+    # Past year 9999 there is no datetime: a 400, not a 500.
+    assert_error(api.get("/v1/batches", {"created_before": "1099511627775"}), 400, param="created_before")
+    assert_error(api.get("/v1/batches", {"created_after": "253402300800"}), 400, param="created_after")
