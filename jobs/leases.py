@@ -24,6 +24,16 @@ from .models import Batch
 logger = logging.getLogger(__name__)
 
 
+class LeaseLost(Exception):
+    """The holder's lease on the batch was taken over (it went stale, say while the
+    holder was paused): the holder stops working on the batch, the new holder ends it."""
+
+    def __init__(self, batch_id, holder):
+        super().__init__(f"{holder} no longer holds the lease on batch {batch_id}")
+        self.batch_id = batch_id
+        self.holder = holder
+
+
 def holder_name():
     """This process as a lease holder: `host:pid`."""
     return f"{socket.gethostname()}:{os.getpid()}"

@@ -30,10 +30,10 @@ from .engine.types import EngineDead, EngineError, GenerateItem
 logger = logging.getLogger(__name__)
 
 
-def validate_batch(batch):
+def validate_batch(batch, holder):
     """Moves a validating batch to in_progress, or to failed with errors.data."""
     return job_services.batch_validate(
-        batch=batch, model_problem=lambda name: selectors.model_problem(name, batch.endpoint)
+        batch=batch, holder=holder, model_problem=lambda name: selectors.model_problem(name, batch.endpoint)
     )
 
 
@@ -44,18 +44,15 @@ class ChunkWriter:
         self.batch = batch
         self.holder = holder
         self.rows = []
-        self.input_tokens = self.output_tokens = 0
         self.last_flush = time.monotonic()
         self.flush_seconds = 2.0
         self.chunk_size = settings.VLLM_BATCH["CHUNK_SIZE"]
         self.done_lines = job_selectors.batch_done_lines(batch.pk)
 
     def add(self, line, custom_id, payload, is_error):
-        if not is_error:
-            i, o = responses.usage_of(payload["response"]["body"])
-            self.input_tokens += i
-            self.output_tokens += o
-        self.rows.append((line, custom_id, is_error, dumps_line(payload)))
+        # Tokens per row: only the rows the save actually inserts count in usage.
+        i, o = (0, 0) if is_error else responses.usage_of(payload["response"]["body"])
+        self.rows.append((line, custom_id, is_error, dumps_line(payload), i, o))
 
     def due(self):
         return len(self.rows) >= self.chunk_size or (
@@ -63,14 +60,11 @@ class ChunkWriter:
         )
 
     def flush(self):
-        """Saves the chunk; returns the batch's (status, expires_at, claimed_by) afterwards."""
+        """Saves the chunk; returns the batch's (status, expires_at, claimed_by) afterwards.
+        Raises leases.LeaseLost (nothing saved) when another worker took the batch over."""
         rows, self.rows = self.rows, []
-        input_tokens, output_tokens = self.input_tokens, self.output_tokens
-        self.input_tokens = self.output_tokens = 0
         self.last_flush = time.monotonic()
-        return job_services.batch_results_save(
-            batch_id=self.batch.pk, rows=rows, input_tokens=input_tokens, output_tokens=output_tokens
-        )
+        return job_services.batch_results_save(batch_id=self.batch.pk, holder=self.holder, rows=rows)
 
 
 # -- running ------------------------------------------------------------------
@@ -205,6 +199,11 @@ def process_batch(batch_id, holder=None):
         try:
             with leases.LeaseKeeper(batch.pk, holder), state.processing(batch.pk):
                 return _process_claimed(batch, holder)
+        except leases.LeaseLost:
+            # Another worker took the batch over (this one was paused past the stale
+            # limit): it finishes the batch; the chunk in flight was not saved.
+            logger.warning("batch %s was taken over by another worker; stopping", batch_id)
+            return "skipped"
         except Exception as exc:
             # Not a request's own error (those go to the error file): a parser blowing
             # up on some input, a bug, the database. Counted; the batch ends at the limit.
@@ -227,7 +226,7 @@ def _process_claimed(batch, holder):
     if batch.status == Batch.Status.VALIDATING:
         if timezone.now() >= batch.expires_at:
             return _finalize(batch, holder, Batch.Status.EXPIRED)
-        valid = validate_batch(batch)
+        valid = validate_batch(batch, holder)
         batch.refresh_from_db()
         # A cancel that arrived during validation left the batch cancelling, not failed:
         # it is finalized below rather than dropped with no lease.
@@ -243,7 +242,10 @@ def _process_claimed(batch, holder):
     model = selectors.model_get_active(batch.model)
     if model is None:
         job_services.batch_fail(
-            batch_id=batch.pk, code="model_not_found", message=f"The model '{batch.model}' is no longer registered."
+            batch_id=batch.pk,
+            holder=holder,
+            code="model_not_found",
+            message=f"The model '{batch.model}' is no longer registered.",
         )
         return "failed"
 

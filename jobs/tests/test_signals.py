@@ -69,7 +69,8 @@ def test_a_valid_batch_or_a_progress_save_sends_nothing(user, chat_model, sent, 
     batch = make_batch(user, [chat_request("a")])
     with django_capture_on_commit_callbacks(execute=True):
         assert services.batch_validate(batch=batch, model_problem=lambda name: None) is True
-        services.batch_results_save(batch_id=batch.pk, rows=[], input_tokens=0, output_tokens=0)
+        Batch.objects.filter(pk=batch.pk).update(claimed_by=HOLDER)
+        services.batch_results_save(batch_id=batch.pk, holder=HOLDER, rows=[])
     assert sent == []
 
 
