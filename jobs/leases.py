@@ -1,22 +1,27 @@
 """Who works on a batch: the lease a worker holds while it runs one.
 
-A holder is named `host:pid` (a worker's Worker row has the same name). The
+A holder is named `host@tag:pid`, the tag naming the machine's boot (a worker's
+Worker row has the same name). Heartbeats and staleness use the database's
+clock, so a worker's skewed clock cannot make a live lease look stale. The
 lease is kept fresh by a thread (LeaseKeeper), taken over once it goes stale,
 and freed at once when its holder died on this host; the watchdog puts such
 batches back on the queue.
 """
 
+import functools
+import hashlib
 import logging
 import os
 import socket
 import threading
+import uuid
 from datetime import timedelta
 
 import psutil
 from django.conf import settings
 from django.db import close_old_connections
-from django.db.models import Q
-from django.utils import timezone
+from django.db.models import DateTimeField, ExpressionWrapper, Q
+from django.db.models.functions import Now
 
 from . import queueing
 from .models import Batch
@@ -34,34 +39,62 @@ class LeaseLost(Exception):
         self.holder = holder
 
 
+@functools.cache
+def machine_name():
+    """This machine and boot, as lease holders name it: `host@tag`, the tag from the
+    kernel's boot id (and the machine id), so two machines with one hostname, or one
+    machine before and after a reboot (when pids start again), never share a name.
+    Without either file, a random tag per process start: a holder is then judged
+    dead only by its own process, never wrongly by another."""
+    parts = []
+    for path in ("/etc/machine-id", "/proc/sys/kernel/random/boot_id"):
+        try:
+            with open(path) as f:
+                parts.append(f.read().strip())
+        except OSError:
+            continue
+    if not any(parts):
+        parts = [uuid.uuid4().hex]
+    tag = hashlib.sha256("/".join(parts).encode()).hexdigest()[:12]
+    return f"{socket.gethostname()}@{tag}"
+
+
 def holder_name():
-    """This process as a lease holder: `host:pid`."""
-    return f"{socket.gethostname()}:{os.getpid()}"
+    """This process as a lease holder: `host@tag:pid`."""
+    return f"{machine_name()}:{os.getpid()}"
 
 
 def stale_before():
-    return timezone.now() - timedelta(seconds=settings.VLLM_BATCH["STALE_BATCH_SECONDS"])
+    """The database's time less VLLM_BATCH_STALE_BATCH_SECONDS, as an expression: a
+    lease is judged by the clock that wrote it, never by a worker's own clock."""
+    return ExpressionWrapper(
+        Now() - timedelta(seconds=settings.VLLM_BATCH["STALE_BATCH_SECONDS"]), output_field=DateTimeField()
+    )
 
 
 def holder_is_dead_here(holder):
-    """True when the lease holder was a process on this host that no longer runs."""
-    host, _, pid = holder.rpartition(":")
-    if host.rsplit(":", 1)[-1] != socket.gethostname() or not pid.isdigit():
+    """True when the lease holder was a process of this machine and boot that no longer runs."""
+    machine, _, pid = holder.rpartition(":")
+    if machine.rsplit(":", 1)[-1] != machine_name() or not pid.isdigit():
         return False
     return not psutil.pid_exists(int(pid))
 
 
 def lease_is_live(batch):
-    if not batch.claimed_by or batch.heartbeat_at is None or batch.heartbeat_at < stale_before():
-        return False
-    return not holder_is_dead_here(batch.claimed_by)
+    holder = (
+        Batch.objects.filter(pk=batch.pk, heartbeat_at__gte=stale_before())
+        .exclude(claimed_by="")
+        .values_list("claimed_by", flat=True)
+        .first()
+    )
+    return holder is not None and not holder_is_dead_here(holder)
 
 
 def claim(batch_id, holder):
     """Takes the batch's lease if it is free, ours, or stale. Returns the batch or None.
 
     A new holder counts as progress: the stuck clock (progress_at) starts again."""
-    now = timezone.now()
+    now = Now()
     free = (
         Batch.objects.filter(pk=batch_id, status__in=Batch.ACTIVE)
         .filter(Q(claimed_by="") | Q(heartbeat_at__lt=stale_before()) | Q(heartbeat_at=None))
@@ -91,7 +124,7 @@ class LeaseKeeper:
     def _run(self):
         while not self.stop_event.wait(self.interval):
             try:
-                Batch.objects.filter(pk=self.batch_id, claimed_by=self.holder).update(heartbeat_at=timezone.now())
+                Batch.objects.filter(pk=self.batch_id, claimed_by=self.holder).update(heartbeat_at=Now())
             except Exception:
                 logger.exception("lease heartbeat failed for %s", self.batch_id)
             finally:
@@ -135,21 +168,24 @@ def requeue_stale_batches():
     ids = sorted(set(freed) | set(stale_batches().values_list("pk", flat=True)))
     for batch_id in ids:
         logger.warning("requeueing stale batch %s", batch_id)
-        Batch.objects.filter(pk=batch_id).update(updated_at=timezone.now())
+        Batch.objects.filter(pk=batch_id).update(updated_at=Now())
         queueing.enqueue_batch(batch_id)
     return ids
 
 
 def stuck_for(batch_id, holder, now=None):
     """Seconds the batch, held by `holder` with a fresh lease, has made no progress,
-    if that is over VLLM_BATCH_STUCK_MINUTES; else None."""
-    now = now or timezone.now()
+    if that is over VLLM_BATCH_STUCK_MINUTES; else None. Measured on the database's
+    clock (which wrote progress_at) unless `now` is given."""
     row = (
         Batch.objects.filter(pk=batch_id, claimed_by=holder, status__in=Batch.ACTIVE)
-        .values_list("progress_at", flat=True)
+        .exclude(progress_at=None)
+        .annotate(db_now=Now())
+        .values_list("progress_at", "db_now")
         .first()
     )
     if row is None:
         return None
-    quiet = (now - row).total_seconds()
+    progress_at, db_now = row
+    quiet = ((now or db_now) - progress_at).total_seconds()
     return quiet if quiet > settings.VLLM_BATCH["STUCK_MINUTES"] * 60 else None

@@ -6,6 +6,7 @@ jobs owns the batch's state: the worker asks for each transition here and holds
 the batch's lease through jobs.leases.
 """
 
+import contextlib
 import json
 import logging
 import tempfile
@@ -16,8 +17,8 @@ from django.contrib.auth import get_user_model
 from django.core.files.base import File as DjangoFile
 from django.core.files.storage import default_storage
 from django.db import connection, transaction
-from django.db.models import F, Sum
-from django.db.models.functions import Now
+from django.db.models import DateTimeField, F, Sum, Value
+from django.db.models.functions import Coalesce, Now
 from django.utils import timezone
 
 from batchsite.errors import ApiError, Conflict, RateLimited, TooLarge
@@ -483,6 +484,13 @@ def _result_file(batch, purpose, lines):
     )
 
 
+FINALIZED_FROM = {
+    Batch.Status.COMPLETED: (Batch.Status.FINALIZING,),
+    Batch.Status.CANCELLED: (Batch.Status.VALIDATING, Batch.Status.IN_PROGRESS, Batch.Status.CANCELLING),
+    Batch.Status.EXPIRED: (Batch.Status.VALIDATING, Batch.Status.IN_PROGRESS),
+}
+
+
 def batch_finalize(*, batch_id, final_status, holder=None, unfinished=None):
     """Writes the output and error files from the saved results and ends the batch.
 
@@ -490,25 +498,59 @@ def batch_finalize(*, batch_id, final_status, holder=None, unfinished=None):
     message) when given (always for an expired batch). Without `holder` the
     caller must first take the lease (the API does this to cancel a batch no
     worker holds); if a live worker holds it, the worker ends the batch instead
-    and this returns "skipped"."""
-    if final_status == Batch.Status.EXPIRED:
-        unfinished = EXPIRED_REQUEST
+    and this returns "skipped".
+
+    Each status change is a conditional update on the holder and the statuses it
+    may come from, so a holder whose lease was taken over changes nothing (its
+    files are deleted, "skipped"), and a cancel wins over the end the worker was
+    heading for: a cancel that arrives before `finalizing` ends the batch
+    `cancelled` (batch_cancel refuses one during `finalizing`, as nothing is left to stop)."""
     own_lease = holder is None
     holder = holder or f"finalizer:{leases.holder_name()}"
-    batch = leases.claim(batch_id, holder)
-    if batch is None:
+    if leases.claim(batch_id, holder) is None:
         return "skipped"
     try:
+        # The API finalizes in a request: its lease stays fresh while the files are written.
+        with leases.LeaseKeeper(batch_id, holder) if own_lease else contextlib.nullcontext():
+            outcome = _finalize_once(batch_id, final_status, holder, unfinished)
+            if outcome == CANCELLED_MEANWHILE:
+                keep = unfinished if final_status != Batch.Status.EXPIRED else None
+                outcome = _finalize_once(batch_id, Batch.Status.CANCELLED, holder, keep)
+            return "skipped" if outcome == CANCELLED_MEANWHILE else outcome
+    finally:
+        if own_lease:
+            leases.release(batch_id, holder)
+
+
+CANCELLED_MEANWHILE = "cancelled meanwhile"
+
+
+def _finalize_once(batch_id, final_status, holder, unfinished):
+    """One try at ending the batch as `final_status`; returns it, "skipped" (the
+    lease is lost or the batch already ended), or CANCELLED_MEANWHILE (a cancel
+    arrived: the caller finalizes again as cancelled)."""
+    if final_status == Batch.Status.EXPIRED:
+        unfinished = EXPIRED_REQUEST
+    held = Batch.objects.filter(pk=batch_id, claimed_by=holder)
+    if final_status == Batch.Status.COMPLETED:
         now = timezone.now()
-        if final_status == Batch.Status.COMPLETED:
-            Batch.objects.filter(pk=batch_id, finalizing_at=None).update(finalizing_at=now)
-            Batch.objects.filter(pk=batch_id).update(status=Batch.Status.FINALIZING, updated_at=now)
-        results = BatchResult.objects.filter(batch_id=batch_id).order_by("line")
+        moved = held.filter(status__in=(Batch.Status.IN_PROGRESS, Batch.Status.FINALIZING)).update(
+            status=Batch.Status.FINALIZING,
+            finalizing_at=Coalesce(F("finalizing_at"), Value(now, output_field=DateTimeField())),
+            updated_at=now,
+        )
+        if not moved:
+            return _why_not_finalized(batch_id, holder)
+    batch = Batch.objects.get(pk=batch_id)
+    results = BatchResult.objects.filter(batch_id=batch_id).order_by("line")
+    written = []
+    try:
         output = _result_file(
             batch,
             File.Purpose.BATCH_OUTPUT,
             results.filter(is_error=False).values_list("text", flat=True).iterator(chunk_size=2000),
         )
+        written.append(output)
         error_lines = results.filter(is_error=True).values_list("text", flat=True).iterator(chunk_size=2000)
         not_run = 0
         if unfinished and batch.status != Batch.Status.VALIDATING:
@@ -522,26 +564,45 @@ def batch_finalize(*, batch_id, final_status, holder=None, unfinished=None):
             errors = _result_file(batch, File.Purpose.BATCH_ERROR, with_unfinished())
         else:
             errors = _result_file(batch, File.Purpose.BATCH_ERROR, error_lines)
+        written.append(errors)
         with transaction.atomic():
             now = timezone.now()
-            for file in (output, errors):
-                if file is not None:
-                    file.save()
-            changed = Batch.objects.filter(pk=batch_id, status__in=Batch.ACTIVE).update(
+            changed = held.filter(status__in=FINALIZED_FROM[final_status]).update(
                 status=final_status,
-                output_file=output,
-                error_file=errors,
+                output_file_id=output.pk if output else None,
+                error_file_id=errors.pk if errors else None,
                 failed_requests=F("failed_requests") + max(not_run, 0),
                 claimed_by="",
                 heartbeat_at=None,
                 updated_at=now,
                 **{FINAL_TIMESTAMP[final_status]: now},
             )
-            BatchResult.objects.filter(batch_id=batch_id).delete()
-        logger.info("batch %s %s", batch_id, final_status)
-        if changed:
-            _ended(batch_id)
-        return str(final_status)
-    finally:
-        if own_lease:
-            leases.release(batch_id, holder)
+            if changed:
+                for file in (output, errors):
+                    if file is not None:
+                        file.save()
+                BatchResult.objects.filter(batch_id=batch_id).delete()
+    except BaseException:
+        _discard(written)
+        raise
+    if not changed:
+        _discard(written)
+        return _why_not_finalized(batch_id, holder)
+    logger.info("batch %s %s", batch_id, final_status)
+    _ended(batch_id)
+    return str(final_status)
+
+
+def _why_not_finalized(batch_id, holder):
+    status = Batch.objects.filter(pk=batch_id, claimed_by=holder).values_list("status", flat=True).first()
+    if status == Batch.Status.CANCELLING:
+        return CANCELLED_MEANWHILE
+    logger.warning("batch %s: %s no longer holds it (status %s); not finalized", batch_id, holder, status)
+    return "skipped"
+
+
+def _discard(files):
+    """Deletes the content of files written for a finalize that did not happen."""
+    for file in files:
+        if file is not None:
+            default_storage.delete(file.storage_name)

@@ -1,8 +1,6 @@
 """Plain helpers shared by the jobs and workers tests: users, keys, input files, batches."""
 
 import json
-import os
-import socket
 from datetime import timedelta
 
 from django.contrib.auth import get_user_model
@@ -11,7 +9,7 @@ from django.core.files.storage import default_storage
 from django.utils import timezone
 from rest_framework.test import APIClient
 
-from jobs import services
+from jobs import leases, services
 from jobs.jsonl import output_line
 from jobs.models import Batch, BatchResult, File
 
@@ -134,13 +132,13 @@ def save_results(batch, lines_and_ids, payload=None):
 
 def live_holder():
     """A lease holder name for this very process, which is alive."""
-    return f"{socket.gethostname()}:{os.getpid()}"
+    return leases.holder_name()
 
 
 def dead_holder():
     """A lease holder name for a process on this host that cannot exist (pid above pid_max)."""
     with open("/proc/sys/kernel/pid_max") as f:
-        return f"{socket.gethostname()}:{int(f.read()) + 1}"
+        return f"{leases.machine_name()}:{int(f.read()) + 1}"
 
 
 def assert_error(response, status, code=None, param=None):

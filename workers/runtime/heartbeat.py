@@ -26,7 +26,7 @@ logger = logging.getLogger(__name__)
 
 
 def worker_name():
-    """A worker is named as it holds batch leases (host:pid), so a batch's holder names its worker."""
+    """A worker is named as it holds batch leases (host@boot-tag:pid), so a batch's holder names its worker."""
     return leases.holder_name()
 
 
@@ -36,9 +36,10 @@ def _shown_state(current):
     return current["state"]
 
 
-def stuck_reason(name, batch_id, now):
+def stuck_reason(name, batch_id, now=None):
     """Why this worker is alive but stuck (its batch made no progress for
-    VLLM_BATCH_STUCK_MINUTES under a fresh lease), or ""."""
+    VLLM_BATCH_STUCK_MINUTES under a fresh lease), or "". Judged on the database's
+    clock, which wrote the batch's progress_at, unless `now` is given."""
     if batch_id is None:
         return ""
     quiet = leases.stuck_for(batch_id, name, now)
@@ -61,7 +62,7 @@ def beat(name, started_at):
         "last_seen": now,
         "realtime_url": realtime_server.url(),
         "realtime_token": realtime_server.token(),
-        "unhealthy_reason": stuck_reason(name, current["batch_id"], now),
+        "unhealthy_reason": stuck_reason(name, current["batch_id"]),
         **memory.snapshot(),
     }
     loaded = engine_host.last_load()
