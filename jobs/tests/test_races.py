@@ -1,14 +1,19 @@
 """A batch's numbers equal its files when two holders overlap on it: the service
 functions called directly, a takeover simulated by changing claimed_by between steps."""
 
+from datetime import timedelta
+from pathlib import Path
+
 import pytest
+from django.conf import settings
 from django.utils import timezone
 
+from batchsite.errors import Conflict
 from jobs import leases, services
 from jobs.jsonl import dumps_line, output_line, request_error_line
-from jobs.models import Batch, BatchResult
+from jobs.models import Batch, BatchResult, File
 
-from .factories import chat_request, make_batch, read_jsonl
+from .factories import chat_request, custom_ids, make_batch, read_jsonl
 
 OLD = "old-host:1"
 NEW = "new-host:2"
@@ -79,3 +84,109 @@ def test_counts_equal_the_files_after_overlapping_holders(batch):
     usage = [line["response"]["body"]["usage"] for line in output]
     assert batch.input_tokens == sum(u["prompt_tokens"] for u in usage) == 6
     assert batch.output_tokens == sum(u["completion_tokens"] for u in usage) == 6
+
+
+# -- finalize: every transition guarded by the holder and the status it comes from --
+
+
+def stored_files():
+    root = Path(settings.STORAGES["default"]["OPTIONS"]["location"])
+    return {path for path in root.rglob("*") if path.is_file()}
+
+
+def test_a_finalize_by_a_holder_that_lost_the_lease_changes_nothing(batch):
+    services.batch_results_save(batch_id=batch.pk, holder=OLD, rows=[row(1, "a")])
+    take_over(batch)
+    before = stored_files()
+    assert services.batch_finalize(batch_id=batch.pk, final_status=Batch.Status.COMPLETED, holder=OLD) == "skipped"
+    batch.refresh_from_db()
+    assert (batch.status, batch.claimed_by, batch.finalizing_at) == ("in_progress", NEW, None)
+    assert stored_files() == before
+    assert File.objects.filter(purpose__in=["batch_output", "batch_error"]).count() == 0
+
+
+@pytest.mark.parametrize("final_status", ["completed", "expired", "cancelled"])
+def test_a_takeover_while_the_files_are_written_leaves_no_file_behind(batch, monkeypatch, final_status):
+    services.batch_results_save(batch_id=batch.pk, holder=OLD, rows=[row(1, "a"), row(2, "b", error=True)])
+    if final_status == "cancelled":
+        Batch.objects.filter(pk=batch.pk).update(status="cancelling")
+    write = services.file_write_lines
+
+    def write_then_lose_the_lease(**kwargs):
+        file = write(**kwargs)
+        take_over(batch)
+        return file
+
+    monkeypatch.setattr(services, "file_write_lines", write_then_lose_the_lease)
+    before = stored_files()
+    assert services.batch_finalize(batch_id=batch.pk, final_status=final_status, holder=OLD) == "skipped"
+    assert stored_files() == before
+    assert File.objects.filter(purpose__in=["batch_output", "batch_error"]).count() == 0
+    batch.refresh_from_db()
+    assert batch.output_file_id is None and batch.error_file_id is None
+    assert batch.status in Batch.ACTIVE
+    assert BatchResult.objects.filter(batch=batch).count() == 2
+
+
+def test_a_cancel_before_finalizing_ends_the_batch_cancelled_not_completed(batch):
+    services.batch_results_save(batch_id=batch.pk, holder=OLD, rows=[row(i, c) for i, c in enumerate("abcd", 1)])
+    # The user cancels between the worker's last chunk and its finalize.
+    assert services.batch_cancel(batch=batch).status == "cancelling"
+    assert services.batch_finalize(batch_id=batch.pk, final_status=Batch.Status.COMPLETED, holder=OLD) == "cancelled"
+    batch.refresh_from_db()
+    assert (batch.status, batch.completed_at, batch.finalizing_at) == ("cancelled", None, None)
+    assert batch.cancelled_at is not None
+    assert len(read_jsonl(batch.output_file_id)) == batch.completed_requests == 4
+
+
+def test_a_cancel_while_an_expired_batch_is_written_wins(batch, monkeypatch):
+    services.batch_results_save(batch_id=batch.pk, holder=OLD, rows=[row(1, "a")])
+    write = services.file_write_lines
+
+    def write_then_cancel(**kwargs):
+        file = write(**kwargs)
+        Batch.objects.filter(pk=batch.pk, status="in_progress").update(status="cancelling")
+        return file
+
+    monkeypatch.setattr(services, "file_write_lines", write_then_cancel)
+    before = stored_files()
+    assert services.batch_finalize(batch_id=batch.pk, final_status=Batch.Status.EXPIRED, holder=OLD) == "cancelled"
+    batch.refresh_from_db()
+    assert (batch.status, batch.expired_at) == ("cancelled", None)
+    # Only the cancelled batch's output is kept: the expired attempt's files are gone.
+    assert len(stored_files() - before) == 1
+    assert File.objects.filter(purpose__in=["batch_output", "batch_error"]).count() == 1
+    assert custom_ids(read_jsonl(batch.output_file_id)) == ["a"]
+
+
+def test_a_cancel_during_finalizing_is_refused_and_the_batch_completes(batch, monkeypatch):
+    services.batch_results_save(batch_id=batch.pk, holder=OLD, rows=[row(i, c) for i, c in enumerate("abcd", 1)])
+    write = services.file_write_lines
+    refused = []
+
+    def write_while_a_cancel_comes(**kwargs):
+        try:
+            services.batch_cancel(batch=batch)
+        except Conflict as exc:
+            refused.append(exc.code)
+        return write(**kwargs)
+
+    monkeypatch.setattr(services, "file_write_lines", write_while_a_cancel_comes)
+    assert services.batch_finalize(batch_id=batch.pk, final_status=Batch.Status.COMPLETED, holder=OLD) == "completed"
+    assert refused == ["batch_not_cancellable", "batch_not_cancellable"]
+    batch.refresh_from_db()
+    assert (batch.status, batch.cancelling_at) == ("completed", None)
+
+
+def test_a_paused_worker_cannot_save_after_the_api_finalized_its_cancelled_batch(batch, settings):
+    services.batch_results_save(batch_id=batch.pk, holder=OLD, rows=[row(1, "a")])
+    stale = timezone.now() - timedelta(seconds=settings.VLLM_BATCH["STALE_BATCH_SECONDS"] + 5)
+    Batch.objects.filter(pk=batch.pk).update(heartbeat_at=stale)
+    assert services.batch_cancel(batch=batch).status == "cancelled"
+    with pytest.raises(leases.LeaseLost):
+        services.batch_results_save(batch_id=batch.pk, holder=OLD, rows=[row(2, "b")])
+    assert services.batch_finalize(batch_id=batch.pk, final_status=Batch.Status.COMPLETED, holder=OLD) == "skipped"
+    batch.refresh_from_db()
+    assert batch.status == "cancelled"
+    assert custom_ids(read_jsonl(batch.output_file_id)) == ["a"]
+    assert batch.completed_requests == 1
