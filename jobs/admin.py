@@ -69,6 +69,29 @@ class FileAdmin(admin.ModelAdmin):
     def has_add_permission(self, request):
         return False
 
+    def get_deleted_objects(self, objs, request):
+        """The input of an unfinished batch is shown as protected: the admin's delete
+        page and bulk action then refuse it with the reason, as the API does (409)."""
+        deleted, counts, perms_needed, protected = super().get_deleted_objects(objs, request)
+        ids = [file.pk for file in objs]
+        running = Batch.objects.filter(input_file_id__in=ids, status__in=Batch.ACTIVE).order_by("created_at")
+        for batch in running:
+            protected.append(
+                f"File {batch.input_file_id} is the input of batch {batch.pk} ({batch.status}); cancel the batch first."
+            )
+        return deleted, counts, perms_needed, protected
+
+    def delete_model(self, request, obj):
+        # Through the service: the in-use check under the lock batch_create takes, and the content deleted too.
+        try:
+            services.file_delete(file=obj)
+        except ApiError as exc:
+            self.message_user(request, f"{obj.pk}: {exc.message}", messages.ERROR)
+
+    def delete_queryset(self, request, queryset):
+        for file in queryset:
+            self.delete_model(request, file)
+
     def get_urls(self):
         download = path(
             "<path:file_id>/download/", self.admin_site.admin_view(self.download_view), name="jobs_file_download"

@@ -21,7 +21,7 @@ from django.db.models import DateTimeField, F, Sum, Value
 from django.db.models.functions import Coalesce, Now
 from django.utils import timezone
 
-from batchsite.errors import ApiError, Conflict, RateLimited, TooLarge
+from batchsite.errors import ApiError, Conflict, NotFound, RateLimited, TooLarge
 
 from . import leases, queueing, signals, webhooks
 from .jsonl import batch_error_line, dumps_line
@@ -139,17 +139,35 @@ def file_create(*, owner, upload, purpose, filename=None, expires_after_seconds=
     return file
 
 
+@transaction.atomic
 def file_delete(*, file):
-    in_use = Batch.objects.filter(input_file_id=file.id, status__in=Batch.ACTIVE).exists()
-    if in_use:
+    """Deletes the file's row and, once that is committed, its content; refused
+    while the file is the input of an unfinished batch.
+
+    The File row is locked first, as batch_create locks it (on SQLite the
+    transaction holds the write lock), so no batch can start on the file between
+    the check and the delete."""
+    if not _lock_file(file.pk):
+        raise NotFound(f"No such File object: {file.pk}", param="file_id")
+    running = _file_running_batches(file.pk).first()
+    if running is not None:
         raise Conflict(
-            f"File {file.id} is the input of a batch that is still running; cancel the batch first.",
+            f"File {file.id} is the input of batch {running.pk}, which is still running; cancel the batch first.",
             code="file_in_use",
             param="file_id",
         )
     storage_name = file.storage_name
     file.delete()
     transaction.on_commit(lambda: default_storage.delete(storage_name))
+
+
+def _lock_file(file_id):
+    """Locks the File row for the transaction; False when it is gone."""
+    return bool(list(File.objects.select_for_update().filter(pk=file_id).values_list("pk", flat=True)))
+
+
+def _file_running_batches(file_id):
+    return Batch.objects.filter(input_file_id=file_id, status__in=Batch.ACTIVE).order_by("created_at")
 
 
 def files_delete_expired(*, now=None, limit=1000):
@@ -203,6 +221,9 @@ def batch_create(*, owner, input_file, endpoint, completion_window="24h", metada
             param="input_file_id",
         )
     _lock_owner(owner)
+    if not _lock_file(input_file.pk):
+        # Deleted since the caller read it; the lock keeps file_delete out until the batch is saved.
+        raise NotFound(f"No such File object: {input_file.pk}", param="input_file_id")
     _check_open_batches(owner)
     now = timezone.now()
     batch = Batch.objects.create(

@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 from django.conf import settings
+from django.urls import reverse
 from django.utils import timezone
 
-from batchsite.errors import Conflict
+from batchsite.errors import Conflict, NotFound
 from jobs import leases, services
 from jobs.jsonl import dumps_line, output_line, request_error_line
 from jobs.models import Batch, BatchResult, File
@@ -190,3 +191,51 @@ def test_a_paused_worker_cannot_save_after_the_api_finalized_its_cancelled_batch
     assert batch.status == "cancelled"
     assert custom_ids(read_jsonl(batch.output_file_id)) == ["a"]
     assert batch.completed_requests == 1
+
+
+# -- a file in use is never deleted, from the API or the admin --------------------
+
+
+def test_a_batch_is_not_created_on_a_file_deleted_since_it_was_read(user, chat_model):
+    batch = make_batch(user, [chat_request("a")])
+    Batch.objects.filter(pk=batch.pk).update(status="completed")
+    file = File.objects.get(pk=batch.input_file_id)
+    services.file_delete(file=File.objects.get(pk=file.pk))
+    with pytest.raises(NotFound):
+        services.batch_create(owner=user, input_file=file, endpoint=Batch.Endpoint.CHAT)
+    assert Batch.objects.filter(input_file_id=file.pk).count() == 1
+
+
+def test_deleting_a_file_twice_is_not_found(user, chat_model):
+    file = File.objects.get(pk=make_batch(user, [chat_request("a")]).input_file_id)
+    Batch.objects.update(status="completed")
+    services.file_delete(file=file)
+    with pytest.raises(NotFound):
+        services.file_delete(file=file)
+
+
+def test_the_admin_refuses_to_delete_the_input_of_a_running_batch(admin_client, batch):
+    url = reverse("admin:jobs_file_delete", args=[batch.input_file_id])
+    page = admin_client.get(url).content.decode()
+    assert f"is the input of batch {batch.pk} (in_progress); cancel the batch first." in page
+    admin_client.post(url, {"post": "yes"})
+    bulk = admin_client.post(
+        reverse("admin:jobs_file_changelist"),
+        {"action": "delete_selected", "_selected_action": [batch.input_file_id], "post": "yes"},
+    )
+    assert "cancel the batch first" in bulk.content.decode()
+    assert File.objects.filter(pk=batch.input_file_id).exists()
+    assert services.file_open(File.objects.get(pk=batch.input_file_id)).read()
+
+
+def test_the_admin_deletes_a_file_no_batch_runs_on_with_its_content(
+    admin_client, batch, django_capture_on_commit_callbacks
+):
+    Batch.objects.filter(pk=batch.pk).update(status="completed")
+    file = File.objects.get(pk=batch.input_file_id)
+    path = Path(settings.STORAGES["default"]["OPTIONS"]["location"]) / file.storage_name
+    assert path.exists()
+    with django_capture_on_commit_callbacks(execute=True):
+        admin_client.post(reverse("admin:jobs_file_delete", args=[file.pk]), {"post": "yes"})
+    assert not File.objects.filter(pk=file.pk).exists()
+    assert not path.exists()
