@@ -3,6 +3,8 @@
 from datetime import UTC, datetime
 
 from django.conf import settings
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from batchsite.errors import ApiError
@@ -16,8 +18,14 @@ EXPIRES_AFTER_SECONDS = (3600, 30 * 24 * 3600)
 MAX_TIMESTAMP = 253_402_300_799
 
 
+@extend_schema_field(OpenApiTypes.BINARY)
+class UploadField(serializers.FileField):
+    """The schema's file part: drf-spectacular documents a FileField as a URI string
+    unless request components are split, and clients built from the schema then send a string."""
+
+
 class FileUploadSerializer(serializers.Serializer):
-    file = serializers.FileField(help_text="A JSONL file, one request per line.", allow_empty_file=True)
+    file = UploadField(help_text="A JSONL file, one request per line.", allow_empty_file=True)
     purpose = serializers.ChoiceField(choices=[File.Purpose.BATCH], help_text="Only 'batch' is accepted for uploads.")
 
     def get_fields(self):

@@ -65,3 +65,13 @@ def test_schema_generates_without_warnings_and_validates(db, tmp_path):
     models = schema["paths"]["/v1/models"]["get"]["responses"]["200"]["content"]["application/json"]["schema"]
     listing = schema["components"]["schemas"][models["$ref"].rsplit("/", 1)[1]]
     assert listing["properties"]["data"]["type"] == "array"
+
+
+def test_upload_schema_sends_the_file_as_binary(db):
+    schema = APIClient().get("/v1/openapi.json").json()
+    upload = schema["paths"]["/v1/files"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
+    fields = schema["components"]["schemas"][upload["$ref"].rsplit("/", 1)[1]]["properties"]
+    # Not a URI string: a client built from the schema must send the file's bytes.
+    assert fields["file"]["type"] == "string" and fields["file"]["format"] == "binary"
+    batches = {p["name"]: p["schema"] for p in schema["paths"]["/v1/batches"]["get"]["parameters"]}
+    assert batches["created_before"]["maximum"] == batches["created_after"]["maximum"] == 253_402_300_799
