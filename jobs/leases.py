@@ -19,7 +19,7 @@ from datetime import timedelta
 
 import psutil
 from django.conf import settings
-from django.db import close_old_connections
+from django.db import close_old_connections, connections
 from django.db.models import DateTimeField, ExpressionWrapper, Q
 from django.db.models.functions import Now
 
@@ -122,13 +122,17 @@ class LeaseKeeper:
         self.thread = threading.Thread(target=self._run, name=f"lease-{batch_id}", daemon=True)
 
     def _run(self):
-        while not self.stop_event.wait(self.interval):
-            try:
-                Batch.objects.filter(pk=self.batch_id, claimed_by=self.holder).update(heartbeat_at=Now())
-            except Exception:
-                logger.exception("lease heartbeat failed for %s", self.batch_id)
-            finally:
-                close_old_connections()
+        try:
+            while not self.stop_event.wait(self.interval):
+                try:
+                    Batch.objects.filter(pk=self.batch_id, claimed_by=self.holder).update(heartbeat_at=Now())
+                except Exception:
+                    logger.exception("lease heartbeat failed for %s", self.batch_id)
+                finally:
+                    close_old_connections()
+        finally:
+            # The thread's own connection (one per batch, or per cancel in a web request) ends with it.
+            connections.close_all()
 
     def __enter__(self):
         self.thread.start()
