@@ -2,10 +2,13 @@
 
 import threading
 import time
+from datetime import timedelta
 
 import pytest
 from django.utils import timezone
 
+from jobs import leases
+from jobs.tests.factories import chat_request, make_batch
 from workers import state
 from workers.engine import host as engine_host
 from workers.models import WorkerCommand
@@ -115,3 +118,15 @@ def test_the_heartbeat_writes_the_last_load_time(chat_model, monkeypatch):
     assert worker.last_load_model == chat_model.name
     assert worker.last_load_seconds == pytest.approx(loaded["seconds"])
     assert worker.last_load_at == loaded["at"]
+
+
+@pytest.mark.django_db
+def test_a_worker_whose_clock_runs_ahead_does_not_judge_its_moving_batch_stuck(user, chat_model, monkeypatch, settings):
+    settings.VLLM_BATCH = {**settings.VLLM_BATCH, "STUCK_MINUTES": 30.0}
+    batch = make_batch(user, [chat_request("a")])
+    assert leases.claim(batch.pk, "here:1") is not None  # progress_at on the database's clock
+    real_now = timezone.now
+    monkeypatch.setattr(timezone, "now", lambda: real_now() + timedelta(hours=1))
+    with state.processing(batch.pk):
+        worker = heartbeat.beat("here:1", timezone.now())
+    assert worker.unhealthy_reason == ""
