@@ -26,8 +26,10 @@ serve: setup
 worker: setup
 	$(PY) manage.py watchdog
 
+# make bench BENCH_ARGS=--quick: a smoke run (small files); BENCH_ARGS="--pairs 7 --requests 5000" and so on.
+BENCH_ARGS ?=
 bench: setup
-	$(PY) bench/run_batch_bench.py
+	$(PY) bench/run_batch_bench.py $(BENCH_ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -78,6 +78,15 @@ if current_platform.is_cpu():
 REALTIME_PRIORITY = -1
 
 
+def llm_kwargs(engine_args):
+    """The keyword arguments the worker gives vllm.LLM for a registered model's
+    engine_args() (bench/run_batch_bench.py compares LLM.chat with exactly these)."""
+    args = {**DEFAULT_ENGINE_ARGS, **engine_args}
+    if args.get("runner", "generate") == "pooling":
+        args.pop("structured_outputs_config", None)
+    return args
+
+
 # Requests rendered and added per engine call while filling the window.
 ADD_GROUP = 64
 
@@ -194,9 +203,7 @@ class Engine:
         self._cancelled = queue.Queue()
         self._realtime = {}
         self.dead = False
-        args = {**DEFAULT_ENGINE_ARGS, **self.engine_args}
-        if self.runner == "pooling":
-            args.pop("structured_outputs_config", None)
+        args = llm_kwargs(self.engine_args)
         started = time.monotonic()
         logger.info("loading model %s from %s", name, args.get("model"))
         self.llm = vllm.LLM(**args)
@@ -320,7 +327,10 @@ class Engine:
         try:
             while True:
                 self._service_realtime()
-                while not exhausted and len(in_flight) < window:
+                # Refilled a group at a time, not a request as each finishes: one
+                # render-and-add call (and one SamplingParams) serves many requests,
+                # and the engine still has the rest of the window waiting meanwhile.
+                while not exhausted and (window - len(in_flight) >= min(ADD_GROUP, window) or not in_flight):
                     group = list(itertools.islice(pending, min(ADD_GROUP, window - len(in_flight))))
                     if not group:
                         exhausted = True
