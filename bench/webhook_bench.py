@@ -7,7 +7,13 @@ then while a batch of --requests chat requests runs on it. Prints p50 / p99 / ma
 of the answer time for both, checks every delivery was answered 200, and that
 every stored event was applied (status processed) within --apply-timeout seconds.
 
+The database is the embedded default (SQLite in the stack's var dir) unless
+--database-url names a PostgreSQL database, which the bench drops and creates
+afresh (so name one for the bench alone); --redis-url adds Redis as the broker
+and cache, as a production install has them.
+
     .venv/bin/python bench/webhook_bench.py [--deliveries 200] [--requests 3000] [--out /tmp/webhook-bench]
+        [--database-url postgresql://postgres@127.0.0.1:5432/webhook_bench] [--redis-url redis://127.0.0.1:6379/5]
 """
 
 import argparse
@@ -18,6 +24,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import openai
@@ -61,6 +68,19 @@ def summary(times):
     return f"p50 {statistics.median(ms):6.1f} ms   p99 {p99:6.1f} ms   max {ms[-1]:6.1f} ms   (n={len(ms)})"
 
 
+def fresh_database(url):
+    """Drops and creates the PostgreSQL database the URL names."""
+    import psycopg
+    from psycopg import sql
+
+    parts = urlsplit(url)
+    name = parts.path.lstrip("/")
+    assert name and name not in ("postgres", "template0", "template1"), f"name a database for the bench: {url}"
+    with psycopg.connect(urlunsplit(parts._replace(path="/postgres")), autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+
+
 def wait_applied(stack, expected, timeout):
     code = (
         "from labeling.models import WebhookEvent\n"
@@ -80,12 +100,21 @@ def main():
     parser.add_argument("--requests", type=int, default=3000)
     parser.add_argument("--apply-timeout", type=float, default=60.0)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--database-url", default=None, help="a PostgreSQL database for the bench alone")
+    parser.add_argument("--redis-url", default=None, help="Redis as broker and cache")
     args = parser.parse_args()
     out = args.out or Path(tempfile.mkdtemp(prefix="webhook-bench-"))
     model = out / "tiny-llama"
     if not (model / "config.json").exists():
         build_tiny_model(model)
-    stack = Stack(out / "var", env=ENV)
+    env = dict(ENV)
+    if args.database_url:
+        fresh_database(args.database_url)
+        env["DATABASE_URL"] = args.database_url
+    if args.redis_url:
+        env["REDIS_URL"] = args.redis_url
+    database = "PostgreSQL" if args.database_url else "SQLite"
+    stack = Stack(out / "var", env=env)
     try:
         stack.setup(tiny_path=model)
         key = stack.create_api_key("bench")
@@ -126,6 +155,7 @@ def main():
             state = client.batches.retrieve(batch.id)
             running = state.status == "in_progress"
         processed, total = wait_applied(stack, len(bodies), args.apply_timeout)
+        print(f"database:         {database}{' + Redis broker' if args.redis_url else ''}")
         print(f"idle worker:      {summary(idle)}")
         print(f"batch running:    {summary(busy)}   (batch still in progress at the end: {running})")
         print(f"events applied:   {processed} of {total} stored")

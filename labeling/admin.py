@@ -115,6 +115,7 @@ class LabelingProjectAdmin(admin.ModelAdmin):
         "annotation_store",
         "ground_truth_revision",
         "ls_deleted_at",
+        "ls_updated_at",
     )
     fieldsets = (
         (None, {"fields": ("title", "ls_project", "ls_project_id", "ls_hostname", "ls_access_token")}),
@@ -146,7 +147,13 @@ class LabelingProjectAdmin(admin.ModelAdmin):
         (
             "Annotations from Label Studio",
             {
-                "fields": ("annotation_store", "ground_truth_revision", "train_after_ground_truth", "ls_deleted_at"),
+                "fields": (
+                    "annotation_store",
+                    "ground_truth_revision",
+                    "train_after_ground_truth",
+                    "ls_deleted_at",
+                    "ls_updated_at",
+                ),
                 "description": "Filled by Label Studio's webhooks (README: Label Studio loop) or Sync now.",
             },
         ),

@@ -1,4 +1,11 @@
 from django.apps import AppConfig
+from django.db.models.signals import post_migrate
+
+
+def _ensure_event_sweep_schedule(sender, **kwargs):
+    from .tasks import event_sweep_schedule_ensure
+
+    event_sweep_schedule_ensure()
 
 
 class LabelingConfig(AppConfig):
@@ -12,3 +19,6 @@ class LabelingConfig(AppConfig):
 
         # jobs may not import labeling: it signals a finished batch, and the loop's batches are picked out here.
         batch_finished.connect(tasks.batch_finished, dispatch_uid="labeling.tasks.batch_finished")
+        post_migrate.connect(
+            _ensure_event_sweep_schedule, sender=self, dispatch_uid="vllm_batch_labelstudio_event_sweep_schedule"
+        )

@@ -1,5 +1,6 @@
 """Label Studio's webhook events: received (one row, at once) and processed
-(later, in a django-q task) into the annotation store.
+(right after, on the web process's own thread) into the annotation store; a
+django-q schedule sweeps up what is left `received`.
 
 Label Studio waits 1 s for a webhook and never retries, so receiving only checks
 the body is a JSON object with an `action` and stores it as it came. Processing
@@ -9,7 +10,9 @@ arrives after a newer one, changes nothing.
 
 import json
 import logging
+import threading
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 
 from django.conf import settings
 from django.db import connections, transaction
@@ -29,32 +32,57 @@ MAX_ERROR = 4000
 ANNOTATION_ACTIONS = {"ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_CREATED"}
 
 
-# The cluster's one worker may be running a batch slice for minutes: the web process
-# also applies each event itself right after answering, on one thread (in order,
-# one writer). The queued task stays the durable path (a web process that dies
-# first); processing twice changes nothing.
-_inline = ThreadPoolExecutor(max_workers=1, thread_name_prefix="labelstudio-events")
+# The cluster's one worker may be running a batch slice for minutes: the web
+# process applies each event itself right after answering, on one thread (in
+# order, one writer). The request stores one row and nothing else (no task row
+# beside it: on SQLite every INSERT waits for the one write lock); what this thread
+# never gets to (the process died first) the sweep schedule picks up. Processing
+# twice changes nothing.
+class _InlineProcessor:
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._pending = []
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="labelstudio-events")
+
+    def submit(self, event_id):
+        with self._lock:
+            self._pending.append(event_id)
+            if len(self._pending) > 1:
+                return  # the drain already queued takes it
+        self._executor.submit(self._drain)
+
+    def _drain(self):
+        # Everything that arrived meanwhile, on one connection; each event in its own short transaction.
+        with self._lock:
+            ids, self._pending = self._pending, []
+        try:
+            for event_id in ids:
+                try:
+                    event_process(event_id=event_id)
+                except Exception:
+                    logger.exception("Label Studio event %s: processing in the web process failed", event_id)
+        finally:
+            connections.close_all()
+
+    def wait(self, timeout):
+        """Returns once everything submitted before has been processed (tests, benchmarks)."""
+        self._executor.submit(lambda: None).result(timeout=timeout)
 
 
-def _process_inline(event_id):
-    try:
-        event_process(event_id=event_id)
-    except Exception:
-        logger.exception("Label Studio event %s: processing in the web process failed", event_id)
-    finally:
-        connections.close_all()
+_inline = _InlineProcessor()
 
 
 def _enqueue(event_id):
+    if settings.LABEL_STUDIO_EVENTS_INLINE:
+        _inline.submit(event_id)
+        return
     from django_q.tasks import async_task
 
     try:
         async_task(PROCESS_TASK, event_id, task_name=f"labelstudio event {event_id}", group="labelstudio-events")
     except Exception:
-        # The event is stored: answer 200 anyway; it stays "received" for the admin's "Process again".
+        # The event is stored: answer 200 anyway; the sweep processes it later.
         logger.exception("Label Studio event %s stored but not queued (the task broker failed)", event_id)
-    if settings.LABEL_STUDIO_EVENTS_INLINE:
-        _inline.submit(_process_inline, event_id)
 
 
 def _project_id(body):
@@ -64,7 +92,9 @@ def _project_id(body):
 
 
 def event_receive(*, body, source):
-    """Stores one delivery (bytes) and queues its processing; returns the event.
+    """Stores one delivery (bytes) and hands it to processing after the commit
+    (the web process's own thread, or a django-q task when LABEL_STUDIO_EVENTS_INLINE
+    is off); returns the event.
     ApiError 413 over LABEL_STUDIO_WEBHOOK_MAX_BYTES, 400 when the body is not a
     JSON object with a string `action`. Nothing is stored then."""
     limit = settings.LABEL_STUDIO_WEBHOOK_MAX_BYTES
@@ -110,9 +140,6 @@ def _project(payload, *, create=True):
             if not isinstance(record.get("label_config"), str):
                 raise store.PayloadError(f"project {project_id} is new and the event has no label_config")
             project = services.project_sync(project_key=key, label_config=record["label_config"])
-            if record.get("title") and not project.title:
-                project.title = str(record["title"])[:200]
-                project.save(update_fields=["title"])
         if project is not None:
             return store.project_locked(project.pk)
     from .selectors import project_for_ls_id
@@ -150,10 +177,16 @@ def _apply_annotations(project, payload):
     return f"{applied} annotation(s) applied"
 
 
-def _project_update(project, payload):
-    record = payload.get("project")
-    if not isinstance(record, dict):
-        raise store.PayloadError("'project' is not a project record")
+def project_refresh(project, record, *, strict=True):
+    """Applies a Label Studio project record (title, label config) unless it is
+    older than the one last applied (its `updated_at`, which every save of the
+    project moves on): a PROJECT_UPDATED delivered late changes nothing. Returns
+    the names of the fields changed, None for an older record. A config that does
+    not parse raises LabelConfigError when `strict`, else is left out: a broken
+    config never replaces a working one."""
+    updated = store.ls_time(record.get("updated_at"))
+    if updated is not None and project.ls_updated_at is not None and updated < project.ls_updated_at:
+        return None
     changed = []
     title = record.get("title")
     if isinstance(title, str) and title[:200] != project.title:
@@ -161,11 +194,32 @@ def _project_update(project, payload):
         changed.append("title")
     config = record.get("label_config")
     if isinstance(config, str) and config != project.label_config:
-        parse_label_config(config)  # a broken config never replaces a working one
-        project.label_config = config
-        changed.append("label_config")
+        try:
+            parse_label_config(config)
+        except LabelConfigError:
+            if strict:
+                raise
+            logger.warning("Label Studio project %s: a record's label config does not parse; kept", project)
+        else:
+            project.label_config = config
+            changed.append("label_config")
+    fields = list(changed)
+    if updated is not None and updated != project.ls_updated_at:
+        project.ls_updated_at = updated
+        fields.append("ls_updated_at")
+    if fields:
+        project.save(update_fields=fields)
+    return changed
+
+
+def _project_update(project, payload):
+    record = payload.get("project")
+    if not isinstance(record, dict):
+        raise store.PayloadError("'project' is not a project record")
+    changed = project_refresh(project, record)
+    if changed is None:
+        return f"older than the project as stored (updated_at {record.get('updated_at')}): nothing changed"
     if changed:
-        project.save(update_fields=changed)
         return f"{', '.join(changed)} updated; model_version {project.model_version}"
     return "nothing changed"
 
@@ -191,6 +245,11 @@ def _apply(event, payload):
     if action not in known:
         return WebhookEvent.Status.IGNORED, f"vllm-batch does not act on {action}"
     project = _project(payload)
+    record = payload.get("project")
+    refreshed = None
+    if action != "PROJECT_UPDATED" and isinstance(record, dict):
+        # Every event carries the project as it is now: a missed PROJECT_UPDATED is caught up.
+        refreshed = project_refresh(project, record, strict=False)
     if action == "TASKS_CREATED":
         for record in _records(payload, "tasks"):
             store.task_upsert(project=project, record=record)
@@ -210,6 +269,8 @@ def _apply(event, payload):
         note = f"training run {run.pk} started"
     else:  # PROJECT_CREATED: _project created it
         note = "project known"
+    if refreshed:
+        note += f"; project {', '.join(refreshed)} updated"
     if action in ANNOTATION_ACTIONS or action == "TASKS_DELETED":
         run = training.start_if_due(project=project)
         if run is not None:
@@ -252,3 +313,25 @@ def events_process_again(*, events):
         status = event_process(event_id=event.pk, again=True)
         counts[status] = counts.get(status, 0) + 1
     return counts
+
+
+# A few seconds: events are processed right after they are stored, and the sweep
+# is for those the web process never got to (it died, or processing is off).
+SWEEP_AFTER = timedelta(seconds=10)
+SWEEP_LIMIT = 500
+
+
+def events_sweep(*, older_than=SWEEP_AFTER, limit=SWEEP_LIMIT):
+    """Processes the events still `received` that arrived more than `older_than`
+    ago, oldest first, at most `limit` of them; returns how many it processed."""
+    cutoff = timezone.now() - older_than
+    ids = list(
+        WebhookEvent.objects.filter(status=WebhookEvent.Status.RECEIVED, created_at__lt=cutoff)
+        .order_by("created_at", "pk")
+        .values_list("pk", flat=True)[:limit]
+    )
+    for event_id in ids:
+        event_process(event_id=event_id)
+    if ids:
+        logger.info("Label Studio events: %s left received were processed by the sweep", len(ids))
+    return len(ids)

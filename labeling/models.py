@@ -81,6 +81,12 @@ class LabelingProject(models.Model):
     ls_deleted_at = models.DateTimeField(
         null=True, blank=True, help_text="When Label Studio reported the project deleted (PROJECT_DELETED)."
     )
+    ls_updated_at = models.DateTimeField(
+        null=True,
+        blank=True,
+        editable=False,
+        help_text="Label Studio's updated_at of the project record last applied: an older one changes nothing.",
+    )
     predictor_comparison = models.JSONField(
         default=dict,
         blank=True,

@@ -58,6 +58,11 @@ def _refresh_project(project, remote, synced):
         project.label_config = config
         changed.append("label_config")
         synced.config_changed = True
+    updated = store.ls_time(remote.get("updated_at"))
+    if updated is not None and updated != project.ls_updated_at:
+        # The project as it is now: a PROJECT_UPDATED older than this, delivered late, changes nothing.
+        project.ls_updated_at = updated
+        changed.append("ls_updated_at")
     if changed:
         project.save(update_fields=changed)
 

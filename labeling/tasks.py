@@ -2,16 +2,37 @@
 
 import logging
 
+from django_q.models import Schedule
+
 from jobs.models import Batch
 
 from . import bulk, evaluation, events, push, training
 
 logger = logging.getLogger(__name__)
 
+EVENT_SWEEP_SCHEDULE = "vllm-batch Label Studio event sweep"
+
 
 def process_event(event_id):
     """A stored webhook event, processed into the annotation store."""
     return events.event_process(event_id=event_id)
+
+
+def sweep_events():
+    """The schedule's run: events left `received`, processed (a bounded number per run)."""
+    return f"{events.events_sweep()} event(s) processed"
+
+
+def event_sweep_schedule_ensure(minutes=1):
+    Schedule.objects.update_or_create(
+        name=EVENT_SWEEP_SCHEDULE,
+        defaults={
+            "func": "labeling.tasks.sweep_events",
+            "schedule_type": Schedule.MINUTES,
+            "minutes": minutes,
+            "repeats": -1,
+        },
+    )
 
 
 def export_training(run_id, owner_id=None):

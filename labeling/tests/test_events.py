@@ -162,6 +162,57 @@ def test_project_updated_refreshes_config_title_and_model_version():
     assert project.model_version != before
 
 
+def older_project_updated():
+    """A PROJECT_UPDATED carrying the project as the recorded events before the
+    rename saw it (Label Studio's updated_at 20:37:51.799, title "Capture CLS")."""
+    return {"action": "PROJECT_UPDATED", "project": body("webhook_TASKS_CREATED.json")["project"]}
+
+
+def test_an_older_project_updated_arriving_late_changes_nothing():
+    newer = body("webhook_PROJECT_UPDATED.json")  # updated_at 20:37:52.710
+    newer["project"]["label_config"] = newer["project"]["label_config"].replace(
+        '<Choice value="Neutral"/>', '<Choice value="Neutral"/><Choice value="Mixed"/>'
+    )
+    deliver(newer)
+    before = state()
+    event = deliver(older_project_updated())
+    assert event.status == WebhookEvent.Status.PROCESSED
+    assert state() == before
+    project = LabelingProject.objects.get()
+    assert project.title == "Capture CLS renamed" and "Mixed" in project.label_config
+    assert project.ls_updated_at.isoformat() == "2026-11-27T20:37:52.710005+00:00"
+
+
+def test_project_updates_in_order_each_apply():
+    deliver(older_project_updated())
+    assert LabelingProject.objects.get().title == "Capture CLS"
+    deliver("webhook_PROJECT_UPDATED.json")
+    assert LabelingProject.objects.get().title == "Capture CLS renamed"
+
+
+def test_a_missed_project_updated_is_caught_up_by_the_next_event():
+    """Label Studio never retries: the rename's PROJECT_UPDATED is lost, and the
+    next recorded event (ANNOTATIONS_CREATED, sent after the rename) carries the
+    project as it is now."""
+    deliver("webhook_TASKS_CREATED.json")
+    assert LabelingProject.objects.get().title == "Capture CLS"
+    deliver("webhook_ANNOTATIONS_CREATED.json")
+    project = LabelingProject.objects.get()
+    assert project.title == "Capture CLS renamed"
+    deliver("webhook_ANNOTATION_UPDATED.json")  # recorded before the rename, delivered after it
+    assert LabelingProject.objects.get().title == "Capture CLS renamed"
+
+
+def test_a_broken_config_in_another_events_project_record_is_left_out():
+    deliver("webhook_TASKS_CREATED.json")
+    payload = body("webhook_ANNOTATIONS_CREATED.json")
+    payload["project"]["label_config"] = "<View><Text"
+    event = deliver(payload)
+    assert event.status == WebhookEvent.Status.PROCESSED
+    project = LabelingProject.objects.get()
+    assert "<Choices" in project.label_config and project.title == "Capture CLS renamed"
+
+
 def test_a_broken_config_fails_the_event_and_keeps_the_old_one():
     deliver("webhook_TASKS_CREATED.json")
     payload = body("webhook_PROJECT_UPDATED.json")

@@ -141,6 +141,17 @@ def test_sync_refreshes_the_config_and_title(server, project):
     assert synced.config_changed and project.title == "Synced title" and project.model_version != before
 
 
+def test_a_project_updated_older_than_the_sync_changes_nothing(server, project):
+    server.project["title"] = "Synced title"
+    server.project["updated_at"] = "2026-11-27T21:00:00.000000Z"
+    sync.sync_project(project=project, client=server.client())
+    late = body("webhook_PROJECT_UPDATED.json")  # updated_at 20:37:52
+    late["project"]["title"] = "Late"
+    deliver(late)
+    project.refresh_from_db()
+    assert project.title == "Synced title"
+
+
 def test_sync_pages_through_many_tasks(project):
     server = FakeServer()
     template = server.tasks[0]

@@ -187,19 +187,38 @@ def test_a_broker_failure_still_answers_200_and_keeps_the_event(
 
 
 @pytest.mark.django_db(transaction=True)
-def test_the_web_process_applies_the_event_itself_when_the_cluster_is_busy(client, settings, monkeypatch):
-    """The queued task waits behind a running batch slice; the web process applies
-    the stored event right after answering, on its own thread."""
+def test_the_web_process_applies_the_event_itself_and_queues_no_task(client, settings, monkeypatch):
+    """The cluster's worker may be busy with a batch slice: the web process applies
+    the stored event right after answering, on its own thread, and the request
+    writes the event row only (no django-q task row beside it)."""
     settings.LABEL_STUDIO_WEBHOOK_SECRETS = ["new-secret"]
     settings.LABEL_STUDIO_EVENTS_INLINE = True
     queued = []
     monkeypatch.setattr("django_q.tasks.async_task", lambda *args, **kwargs: queued.append(args))
-    response = post(client, body("webhook_TASKS_CREATED.json"))
-    assert response.status_code == 200
-    event_id = response.json()["event_id"]
-    events._inline.submit(lambda: None).result(timeout=30)  # the thread has run what was before it
-    assert WebhookEvent.objects.get(pk=event_id).status == WebhookEvent.Status.PROCESSED
-    assert queued and queued[0][1] == event_id  # the durable path is still queued
-    # The task arriving later changes nothing.
-    assert events.event_process(event_id=event_id) == WebhookEvent.Status.PROCESSED
-    assert WebhookEvent.objects.get(pk=event_id).attempts == 1
+    submitted = []
+    submit = events._inline.submit
+    monkeypatch.setattr(events._inline, "submit", submitted.append)
+    ids = [post(client, body(name)).json()["event_id"] for name in EVENTS]
+    assert submitted == ids
+    for event_id in ids:  # handed over together (an in-memory test database takes one writer at a time)
+        submit(event_id)
+    events._inline.wait(timeout=30)
+    assert queued == []
+    assert [WebhookEvent.objects.get(pk=pk).status for pk in ids] == [WebhookEvent.Status.PROCESSED] * len(EVENTS)
+    # Processing again (the sweep, the admin) changes nothing.
+    assert events.event_process(event_id=ids[0]) == WebhookEvent.Status.PROCESSED
+    assert WebhookEvent.objects.get(pk=ids[0]).attempts == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_request_path_writes_one_row(client, settings, monkeypatch):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    settings.LABEL_STUDIO_WEBHOOK_SECRETS = ["new-secret"]
+    settings.LABEL_STUDIO_EVENTS_INLINE = True
+    monkeypatch.setattr(events._inline, "submit", lambda event_id: None)
+    with CaptureQueriesContext(connection) as queries:
+        assert post(client, body("webhook_ANNOTATION_UPDATED.json")).status_code == 200
+    writes = [q["sql"] for q in queries.captured_queries if not q["sql"].lstrip().upper().startswith("SELECT")]
+    assert len(writes) == 1 and writes[0].startswith('INSERT INTO "labeling_webhookevent"')

@@ -133,6 +133,20 @@ def test_webhook_events_arrive_and_apply_within_seconds(stack, ls, api):
         time.monotonic() - started + wait_for(lambda: ground_truth(api, pid) == {}, "a deleted task's ground truth")
     )
 
+    def title():
+        return stored(
+            stack,
+            f"from labeling.models import LabelingProject\n"
+            f"print(json.dumps(LabelingProject.objects.get(ls_project_id={pid}).title))",
+        )
+
+    started = time.monotonic()
+    ls.request("PATCH", f"/api/projects/{pid}/", json={"title": "loop webhooks renamed"})
+    ls.request("PATCH", f"/api/projects/{pid}/", json={"title": "loop webhooks renamed twice"})
+    times["PROJECT_UPDATED (twice)"] = (
+        time.monotonic() - started + wait_for(lambda: title() == "loop webhooks renamed twice", "a renamed project")
+    )
+
     for action, took in times.items():
         print(f"webhook {action}: applied {took:.2f} s after the Label Studio call")
 
@@ -163,9 +177,14 @@ print(json.dumps({{
     # Each delivery stored once: the wrong-secret webhook's copies were refused.
     assert len(rows["bodies"]) == len(set(rows["bodies"]))
     actions = {json.loads(body)["action"] for body in rows["bodies"]}
-    assert {"TASKS_CREATED", "ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED", "TASKS_DELETED"} <= (
-        actions
-    )
+    assert {
+        "TASKS_CREATED",
+        "ANNOTATION_CREATED",
+        "ANNOTATION_UPDATED",
+        "ANNOTATIONS_DELETED",
+        "TASKS_DELETED",
+        "PROJECT_UPDATED",
+    } <= actions
 
 
 def test_a_webhook_without_the_secret_is_refused_and_nothing_is_stored(stack, ls):
