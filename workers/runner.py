@@ -10,6 +10,7 @@ with the requests that have no saved result.
 import json
 import logging
 import os
+import queue
 import threading
 import time
 
@@ -86,38 +87,54 @@ def chat_output_text(custom_id, generation, model):
 class _Saver:
     """Saves chunks on a thread of its own, one at a time, so the thread that feeds
     the engine goes on stepping it meanwhile. submit() waits for the chunk before,
-    returns its result (or raises its exception) and hands over the next one."""
+    returns its result (or raises its exception) and hands over the next one. One
+    thread and one database connection for the whole batch, closed by stop()."""
 
     def __init__(self, save):
         self.save = save
         self.thread = None
-        self.outcome = None
+        self.chunks = queue.SimpleQueue()
+        self.outcomes = queue.SimpleQueue()
+        self.in_flight = False
 
-    def _run(self, rows):
+    def _run(self):
         try:
-            self.outcome = (True, self.save(rows))
-        except BaseException as exc:  # re-raised on the feeding thread
-            self.outcome = (False, exc)
+            while (rows := self.chunks.get()) is not None:
+                try:
+                    self.outcomes.put((True, self.save(rows)))
+                except BaseException as exc:  # re-raised on the feeding thread
+                    self.outcomes.put((False, exc))
         finally:
             connection.close()
 
     def wait(self):
         """The result of the chunk in flight (None when there is none)."""
-        if self.thread is None:
+        if not self.in_flight:
             return None
-        self.thread.join()
-        self.thread = None
-        ok, value = self.outcome
-        self.outcome = None
+        self.in_flight = False
+        ok, value = self.outcomes.get()
         if not ok:
             raise value
         return value
 
     def submit(self, rows):
         before = self.wait()
-        self.thread = threading.Thread(target=self._run, args=(rows,), name="chunk-saver", daemon=True)
-        self.thread.start()
+        if self.thread is None:
+            self.thread = threading.Thread(target=self._run, name="chunk-saver", daemon=True)
+            self.thread.start()
+        self.in_flight = True
+        self.chunks.put(rows)
         return before
+
+    def stop(self):
+        """Waits for the chunk in flight and ends the thread; returns the chunk's result."""
+        try:
+            return self.wait()
+        finally:
+            if self.thread is not None:
+                self.chunks.put(None)
+                self.thread.join()
+                self.thread = None
 
 
 class ChunkWriter:
@@ -175,7 +192,7 @@ class ChunkWriter:
         """Waits for the chunk in flight; returns the batch's state after it (None if none)."""
         if self.saver is None:
             return None
-        state_after = self.saver.wait()
+        state_after = self.saver.stop()
         if state_after is not None:
             self.last_state = state_after
         return state_after

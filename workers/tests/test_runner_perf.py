@@ -82,7 +82,7 @@ def test_the_saver_answers_with_the_chunk_before_and_raises_its_error():
     saved = []
 
     def save(rows):
-        saved.append((rows, threading.current_thread().name))
+        saved.append((rows, threading.current_thread()))
         if rows == ["bad"]:
             raise ValueError("boom")
         return f"after {rows}"
@@ -95,8 +95,12 @@ def test_the_saver_answers_with_the_chunk_before_and_raises_its_error():
     saver.submit(["bad"])
     with pytest.raises(ValueError, match="boom"):
         saver.wait()
-    assert [rows for rows, _ in saved] == [["a"], ["b"], ["bad"]]
-    assert {name for _, name in saved} == {"chunk-saver"}
+    assert saver.submit(["c"]) is None
+    assert saver.stop() == "after ['c']"
+    assert [rows for rows, _ in saved] == [["a"], ["b"], ["bad"], ["c"]]
+    (thread,) = {thread for _, thread in saved}  # one thread (one connection) for every chunk
+    assert thread.name == "chunk-saver" and not thread.is_alive()
+    assert saver.stop() is None
 
 
 @pytest.fixture
