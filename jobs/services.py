@@ -179,7 +179,7 @@ def files_delete_expired(*, now=None, limit=1000):
         try:
             with transaction.atomic():
                 file_delete(file=file)
-        except Conflict:
+        except (Conflict, NotFound):
             continue
         deleted += 1
     if deleted:
