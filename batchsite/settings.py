@@ -121,9 +121,16 @@ TEMPLATES = [
 DATABASES = {
     "default": dj_database_url.parse(
         env_str("DATABASE_URL", f"sqlite:///{VAR_DIR / 'db.sqlite3'}"),
-        conn_max_age=env_int("DATABASE_CONN_MAX_AGE", 0),
+        conn_health_checks=True,
     )
 }
+# PostgreSQL: each web thread keeps its connection (checked before reuse) rather than
+# opening one per request, which doubled the API's p50 under load (bench/load_bench.py).
+# Each kept connection counts against the server's max_connections: up to gunicorn's
+# workers x threads, plus the cluster's processes.
+DATABASES["default"]["CONN_MAX_AGE"] = env_int(
+    "DATABASE_CONN_MAX_AGE", 600 if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql" else 0
+)
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # The web server and the worker write to the same file; wait for the lock
     # instead of failing with "database is locked".

@@ -118,10 +118,12 @@ class Stack:
             args, cwd=PROJECT_DIR, env=env or self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
 
-    def start_web(self, workers=2):
-        # As deploy/gunicorn.conf.py does: the web processes share their realtime
-        # latency histogram through prometheus_client's multiprocess files. One
-        # directory per stack: a second web on the same var dir must not wipe it.
+    def start_web(self, workers=2, threads=8, args=()):
+        """gunicorn with deploy/gunicorn.conf.py (keep-alive, backlog, timeouts) as
+        `make serve` runs it, on this stack's port; `args` override the file."""
+        # The web processes share their realtime latency histogram through
+        # prometheus_client's multiprocess files. One directory per stack: a
+        # second web on the same var dir must not wipe it.
         metrics_dir = self.var_dir / f"{self.log_prefix}prometheus"
         shutil.rmtree(metrics_dir, ignore_errors=True)
         metrics_dir.mkdir()
@@ -132,14 +134,15 @@ class Stack:
                 "-m",
                 "gunicorn",
                 "batchsite.wsgi",
+                "-c",
+                str(PROJECT_DIR / "deploy" / "gunicorn.conf.py"),
                 "-b",
                 f"127.0.0.1:{self.port}",
                 "-w",
                 str(workers),
                 "--threads",
-                "8",
-                "--timeout",
-                "300",
+                str(threads),
+                *args,
             ],
             env={**self.env, "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)},
         )

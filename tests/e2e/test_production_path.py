@@ -1,6 +1,8 @@
 """The production path on this machine: PostgreSQL and the Redis broker, with the
-same gunicorn, cluster and engine as the embedded default."""
+same cluster and engine as the embedded default and gunicorn as `make serve` runs
+it (deploy/gunicorn.conf.py, `-w 4 --threads 16`)."""
 
+import json
 import uuid
 
 import openai
@@ -8,6 +10,7 @@ import psycopg
 import pytest
 import redis
 
+from bench.load_bench import OWNERS, batch_state, cancel_all, create_keys, run_load, submit_batches, wait_running
 from devtools.devstack import Stack
 
 from .conftest import chat_request, read_lines, submit, wait_finished, wait_for
@@ -40,7 +43,7 @@ def production_stack(tmp_path_factory, tiny_model_path):
         stack.setup(tiny_path=tiny_model_path)
         stack.api_key = stack.create_api_key("production")
         stack.db_name = name
-        stack.start_web()
+        stack.start_web(workers=4, threads=16)
         stack.start_worker()
         yield stack
     finally:
@@ -82,3 +85,23 @@ def test_kill_9_and_restart_on_the_production_path(production_stack):
     assert batch.status == "completed"
     ids = [o["custom_id"] for o in read_lines(client, batch.output_file_id)]
     assert sorted(ids) == sorted(f"k{i}" for i in range(n))
+
+
+def test_api_under_load_while_a_batch_runs(production_stack):
+    """50 clients of 10 owners, each on its own keep-alive connection, poll their batch,
+    list files and batches and upload small files for 40 s while a 2000-request batch
+    runs: every request answered (no connection error, no status >= 400)."""
+    base_url = production_stack.base_url
+    keys = create_keys(production_stack, OWNERS)
+    batch_ids = submit_batches(base_url, keys, 2000)
+    before = wait_running(base_url, keys[0], batch_ids[0])["request_counts"]["completed"]
+
+    result = run_load(base_url, keys, batch_ids, clients=50, seconds=40)
+
+    during = batch_state(base_url, keys[0], batch_ids[0])
+    cancel_all(base_url, keys, batch_ids)
+    (production_stack.var_dir / "load.json").write_text(json.dumps(result, indent=1))
+    print(f"load: {json.dumps(result)}")
+    assert result["errors"] == 0, result["error_samples"]
+    assert result["requests"] >= 500, result
+    assert during["request_counts"]["completed"] > before or during["status"] == "completed", during

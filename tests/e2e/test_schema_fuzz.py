@@ -16,7 +16,7 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
 
-from .conftest import FINISHED, chat_request, jsonl
+from .conftest import FINISHED, chat_request, jsonl, wait_finished
 
 pytestmark = pytest.mark.e2e
 
@@ -113,9 +113,14 @@ def fuzz_schema(stack, fuzz_key):
     )
     yield schemathesis.openapi.from_url(f"{stack.base_url}/openapi.json", config=config)
     # The batches the cases created must not keep the shared worker busy for the next tests.
-    for created in client.batches.list(limit=100):
-        if created.status not in FINISHED and created.status != "cancelling":
-            client.batches.cancel(created.id)
+    created = [b for b in client.batches.list(limit=100) if b.status not in FINISHED]
+    for batch in created:
+        try:
+            client.batches.cancel(batch.id)
+        except openai.ConflictError:
+            pass  # finalizing or finished since it was listed
+    for batch in created:
+        wait_finished(client, batch.id, timeout=120)
 
 
 @pytest.fixture(autouse=True)
