@@ -192,6 +192,12 @@ VLLM_BATCH = {
     "TASK_SLICE_SECONDS": env_int("VLLM_BATCH_TASK_SLICE_SECONDS", 600),
     # A batch whose worker has not saved progress for this long is taken over.
     "STALE_BATCH_SECONDS": env_int("VLLM_BATCH_STALE_BATCH_SECONDS", 300),
+    # Dispatch (jobs/leases.py claim_next). The models this node's workers may load
+    # (empty: any); a batch of another model waits for a node that may. A worker
+    # keeps to the model it holds and swaps to another model's batch only once that
+    # batch has waited this long (or no batch of the held model waits).
+    "NODE_MODELS": frozenset(env_list("VLLM_BATCH_NODE_MODELS", "")),
+    "AFFINITY_WAIT_SECONDS": env_float("VLLM_BATCH_AFFINITY_WAIT_SECONDS", 60.0),
     "WATCHDOG_MINUTES": env_int("VLLM_BATCH_WATCHDOG_MINUTES", 1),
     # Workers write their heartbeat row this often, from a thread.
     "HEARTBEAT_SECONDS": env_float("VLLM_BATCH_HEARTBEAT_SECONDS", 10.0),
