@@ -36,6 +36,18 @@ def test_the_rate_is_counted_per_key(api, user, limits):
     assert other_key.get("/v1/batches").status_code == 200
 
 
+def test_a_cache_that_does_not_answer_lets_requests_through(api, limits, monkeypatch):
+    from django.core.cache import cache
+    from redis.exceptions import TimeoutError as RedisTimeout
+
+    def stalled(*args, **kwargs):
+        raise RedisTimeout("Timeout reading from socket")
+
+    limits(THROTTLE_RATE="3/m")
+    monkeypatch.setattr(cache, "get", stalled)
+    assert all(api.get("/v1/files").status_code == 200 for _ in range(5))
+
+
 def test_no_rate_means_no_throttling(api, limits):
     limits(THROTTLE_RATE="")
     assert all(api.get("/v1/models").status_code == 200 for _ in range(60))
