@@ -145,11 +145,15 @@ def throughput_chart(hourly, width=720, height=160):
     return {"width": width, "height": height, "bars": bars, "top": top}
 
 
+def _clock(unix_seconds):
+    return timezone.localtime(datetime.fromtimestamp(unix_seconds, tz=UTC)).strftime("%m-%d %H:%M")
+
+
 @admin.register(Batch)
 class BatchAdmin(admin.ModelAdmin):
     # Newest first, narrow enough for a 1400-pixel window: the files are on the batch's page.
-    list_display = ["id", "status", "created_at", "owner", "model", "duration", "progress_bar"]
-    list_filter = ["status", "endpoint", "created_at", "model", "owner"]
+    list_display = ["id", "status", "created_at", "owner", "model", "queue", "duration", "progress_bar"]
+    list_filter = ["status", "priority", "endpoint", "created_at", "model", "owner"]
     ordering = ["-created_at", "-pk"]
     date_hierarchy = "created_at"
     list_select_related = ["owner"]
@@ -157,9 +161,38 @@ class BatchAdmin(admin.ModelAdmin):
     actions = ["cancel_batches"]
     readonly_fields = [f.name for f in Batch._meta.fields]
     readonly_fields.insert(readonly_fields.index("error_file") + 1, "files")
+    readonly_fields.insert(readonly_fields.index("priority") + 1, "queue")
 
     def has_add_permission(self, request):
         return False
+
+    def get_changelist_instance(self, request):
+        changelist = super().get_changelist_instance(request)
+        # One queue plan for the page, not one per row.
+        selectors.batch_estimates_attach(changelist.result_list)
+        return changelist
+
+    @admin.display(description="queue")
+    def queue(self, batch):
+        """Its priority when not normal, its place among the waiting batches and the
+        estimated start and finish (as on the API)."""
+        estimate = getattr(batch, "queue_estimate", None)
+        if estimate is None:
+            (batch,) = selectors.batch_estimates_attach([batch])
+            estimate = getattr(batch, "queue_estimate", None) or {}
+        position, start, finish = (
+            estimate.get("queue_position"),
+            estimate.get("estimated_start_at"),
+            estimate.get("estimated_finish_at"),
+        )
+        parts = [f"#{position}"] if position else []
+        if batch.priority:
+            parts.append(f"priority {batch.priority:+d}")
+        if start:
+            parts.append(f"start ~{_clock(start)}")
+        if finish:
+            parts.append(f"finish ~{_clock(finish)}")
+        return ", ".join(parts) or "-"
 
     @admin.display(description="progress")
     def progress_bar(self, batch):

@@ -112,6 +112,7 @@ class BatchesView(APIView):
             completion_window=data["completion_window"],
             metadata=data.get("metadata"),
         )
+        selectors.batch_estimates_attach([batch])
         return Response(batch.to_openai())
 
 

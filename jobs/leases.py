@@ -19,9 +19,10 @@ from datetime import timedelta
 
 import psutil
 from django.conf import settings
-from django.db import close_old_connections, connections
-from django.db.models import DateTimeField, ExpressionWrapper, Q
+from django.db import close_old_connections, connection, connections, transaction
+from django.db.models import Case, DateTimeField, ExpressionWrapper, IntegerField, Q, Value, When
 from django.db.models.functions import Now
+from django.utils import timezone
 
 from . import queueing
 from .models import Batch
@@ -105,6 +106,59 @@ def claim(batch_id, holder):
         heartbeat_at=now
     )
     return Batch.objects.get(pk=batch_id) if claimed else None
+
+
+def claimable(*, held_model=None, allowed_models=(), now=None):
+    """Active batches whose lease is free or stale, not waiting for a retry, of a
+    model this node may load (`allowed_models`, empty: any; a batch still
+    validating names no model yet and any node may take it), in the order a worker
+    holding `held_model` takes them: priority, then affinity, then age. A batch
+    of another model comes after the held model's ones of its priority until it
+    has waited VLLM_BATCH_AFFINITY_WAIT_SECONDS, so a swap waits a little for the
+    held model's work but nothing starves."""
+    now = now or timezone.now()
+    queryset = (
+        Batch.objects.filter(status__in=Batch.ACTIVE)
+        .filter(Q(claimed_by="") | Q(heartbeat_at__lt=stale_before()) | Q(heartbeat_at=None))
+        .filter(Q(retry_at=None) | Q(retry_at__lte=now))
+    )
+    if allowed_models:
+        queryset = queryset.filter(Q(model__in=list(allowed_models)) | Q(model=""))
+    if held_model:
+        waited_since = now - timedelta(seconds=settings.VLLM_BATCH["AFFINITY_WAIT_SECONDS"])
+        later = Case(
+            When(Q(model=held_model) | Q(model="") | Q(created_at__lte=waited_since), then=Value(0)),
+            default=Value(1),
+            output_field=IntegerField(),
+        )
+    else:
+        later = Value(0, output_field=IntegerField())
+    return queryset.annotate(swap_later=later).order_by("-priority", "swap_later", "created_at", "pk")
+
+
+def claim_next(holder, *, held_model=None, allowed_models=(), now=None):
+    """Takes the lease of the first claimable batch (see claimable); returns it, or
+    None when there is none. Any number of workers may call this at once: on
+    PostgreSQL the row is locked with SKIP LOCKED (a worker passes over a batch
+    another is taking), elsewhere each candidate is tried with claim's
+    conditional update until one succeeds."""
+    candidates = claimable(held_model=held_model, allowed_models=allowed_models, now=now)
+    if connection.features.has_select_for_update_skip_locked:
+        for _attempt in range(10):
+            with transaction.atomic():
+                batch_id = candidates.select_for_update(skip_locked=True, of=("self",)).values_list("pk", flat=True)
+                batch_id = batch_id.first()
+                if batch_id is None:
+                    return None
+                batch = claim(batch_id, holder)
+            if batch is not None:
+                return batch
+        return None
+    for batch_id in candidates.values_list("pk", flat=True)[:50]:
+        batch = claim(batch_id, holder)
+        if batch is not None:
+            return batch
+    return None
 
 
 def release(batch_id, holder):

@@ -7,6 +7,8 @@ from django.conf import settings
 from django.db import models
 from django.utils import timezone
 
+from .validation import PRIORITIES
+
 
 def _hex_id(prefix):
     return f"{prefix}{uuid.uuid4().hex}"
@@ -26,6 +28,12 @@ def hash_api_key(raw_key):
 
 def unix(dt):
     return int(dt.timestamp()) if dt else None
+
+
+def priority_from_metadata(metadata):
+    """metadata.priority as the integer the queue orders by (0 when absent); the
+    API refuses any other value before a batch is made."""
+    return PRIORITIES.get((metadata or {}).get("priority"), 0) if isinstance(metadata, dict) else 0
 
 
 class ApiKeyQuerySet(models.QuerySet):
@@ -140,6 +148,9 @@ class Batch(models.Model):
     model = models.CharField(max_length=200, blank=True, help_text="The model all requests of the batch name.")
     errors = models.JSONField(null=True, blank=True, help_text="Validation errors, OpenAI's errors.data list.")
     metadata = models.JSONField(null=True, blank=True)
+    priority = models.SmallIntegerField(
+        default=0, help_text="From metadata.priority (-1, 0 or 1): higher runs first, then the oldest."
+    )
 
     total_requests = models.IntegerField(default=0)
     completed_requests = models.IntegerField(default=0)
@@ -180,6 +191,8 @@ class Batch(models.Model):
             models.Index(fields=["owner", "-created_at"], name="batch_owner_created_idx"),
             # The watchdog looks for active batches whose lease went stale.
             models.Index(fields=["status", "heartbeat_at"], name="batch_status_heartbeat_idx"),
+            # Dispatch (leases.claim_next) and the queue take waiting batches by priority, then age.
+            models.Index(fields=["status", "-priority", "created_at"], name="batch_dispatch_idx"),
         ]
         constraints = [
             models.CheckConstraint(
@@ -190,6 +203,11 @@ class Batch(models.Model):
 
     def __str__(self):
         return self.id
+
+    def save(self, *args, **kwargs):
+        if self._state.adding and isinstance(self.metadata, dict) and "priority" in self.metadata:
+            self.priority = priority_from_metadata(self.metadata)
+        super().save(*args, **kwargs)
 
     @property
     def is_finished(self):
@@ -237,7 +255,13 @@ class Batch(models.Model):
                 "total_tokens": self.input_tokens + self.output_tokens,
             },
             "metadata": self.metadata,
+            # Extensions: set by the selectors that read batches for the API
+            # (selectors.batch_estimates_attach), null when not waiting or running.
+            **(getattr(self, "queue_estimate", None) or NO_ESTIMATE),
         }
+
+
+NO_ESTIMATE = {"queue_position": None, "estimated_start_at": None, "estimated_finish_at": None}
 
 
 class BatchResult(models.Model):

@@ -23,6 +23,7 @@ def batch_get(*, owner, batch_id):
     batch = Batch.objects.filter(owner=owner, pk=batch_id).first()
     if batch is None:
         raise NotFound(f"No such Batch object: {batch_id}", param="batch_id")
+    batch_estimates_attach([batch])
     return batch
 
 
@@ -77,7 +78,8 @@ def batch_list(*, owner, after=None, limit=20, status=None, model=None, created_
         queryset = queryset.filter(created_at__gte=created_after)
     if created_before is not None:
         queryset = queryset.filter(created_at__lt=created_before)
-    return as_list(*_page(queryset, after=after, limit=limit, descending=True, param="after", cursor_queryset=owned))
+    rows, has_more = _page(queryset, after=after, limit=limit, descending=True, param="after", cursor_queryset=owned)
+    return as_list(batch_estimates_attach(rows), has_more)
 
 
 def _seconds(start, end):
@@ -116,50 +118,96 @@ def _running(batch, now):
     }
 
 
-def batch_queue(*, owner, workers_online, now=None):
-    """What runs and what waits, in the order the workers take it (first come,
-    first served). All batches count for positions and estimates; only the
-    caller's are described. Estimates assume the online workers share the work
-    evenly at the request rate of recently completed batches of the same model."""
+# The order workers take waiting batches in (leases.claim_next adds the model affinity).
+QUEUE_ORDER = ("-priority", "created_at", "pk")
+
+
+def queue_plan(*, workers_online=None, now=None):
+    """Every batch that runs or waits, in the order the workers take it (priority,
+    then age; affinity to a loaded model is left out), each with its estimates:
+    {"running": [(batch, row)], "waiting": [(batch, position, start, finish)]}
+    with start and finish in seconds from now (None when no rate is known).
+    Estimates assume the workers share the work evenly at the request rate of
+    recently completed batches of the same model; without `workers_online`, the
+    batches running now count the workers."""
     now = now or timezone.now()
     active = Batch.objects.filter(status__in=(Batch.Status.VALIDATING, Batch.Status.IN_PROGRESS))
     is_running = Q(heartbeat_at__gte=stale_before()) & ~Q(claimed_by="")
-    running = list(active.filter(is_running).order_by("created_at", "pk"))
-    waiting = list(active.exclude(is_running).order_by("created_at", "pk"))
+    running = list(active.filter(is_running).order_by(*QUEUE_ORDER))
+    waiting = list(active.exclude(is_running).order_by(*QUEUE_ORDER))
     rates = _request_rates(now)
+    share = max(workers_online if workers_online is not None else len(running), 1)
 
-    running_rows = [_running(batch, now) for batch in running]
+    running_rows = [(batch, _running(batch, now)) for batch in running]
     # Work ahead, in seconds of one worker; None once anything ahead cannot be estimated.
     ahead = 0.0
-    for row in running_rows:
+    for _batch, row in running_rows:
         ahead = None if ahead is None or row["eta_seconds"] is None else ahead + row["eta_seconds"]
-    share = max(workers_online, 1)
-
-    queued = []
+    planned = []
     for position, batch in enumerate(waiting, start=1):
-        if batch.owner_id == owner.pk:
-            queued.append(
-                {
-                    "id": batch.id,
-                    "model": batch.model,
-                    "status": batch.status,
-                    "total_requests": batch.total_requests,
-                    "position": position,
-                    "created_at": unix(batch.created_at),
-                    "estimated_start_seconds": None if ahead is None else round(ahead / share, 1),
-                }
-            )
         rate = rates.get(batch.model) or rates.get(None)
-        remaining = batch.total_requests - batch.completed_requests - batch.failed_requests
-        ahead = None if ahead is None or rate is None else ahead + max(remaining, 0) / rate
+        remaining = max(batch.total_requests - batch.completed_requests - batch.failed_requests, 0)
+        own = None if rate is None else remaining / rate
+        start = None if ahead is None else ahead / share
+        finish = None if start is None or own is None else start + own
+        planned.append((batch, position, start, finish))
+        ahead = None if ahead is None or own is None else ahead + own
+    return {"running": running_rows, "waiting": planned}
+
+
+def batch_queue(*, owner, workers_online, now=None):
+    """What runs and what waits (queue_plan); all batches count for positions and
+    estimates, only the caller's are described."""
+    plan = queue_plan(workers_online=workers_online, now=now)
+    queued = [
+        {
+            "id": batch.id,
+            "model": batch.model,
+            "status": batch.status,
+            "total_requests": batch.total_requests,
+            "position": position,
+            "created_at": unix(batch.created_at),
+            "estimated_start_seconds": None if start is None else round(start, 1),
+        }
+        for batch, position, start, _finish in plan["waiting"]
+        if batch.owner_id == owner.pk
+    ]
     return {
         "object": "queue",
         "workers_online": workers_online,
-        "running": [row for row, batch in zip(running_rows, running, strict=True) if batch.owner_id == owner.pk],
-        "running_total": len(running),
+        "running": [row for batch, row in plan["running"] if batch.owner_id == owner.pk],
+        "running_total": len(plan["running"]),
         "queued": queued,
-        "queued_total": len(waiting),
+        "queued_total": len(plan["waiting"]),
     }
+
+
+def batch_estimates_attach(batches, *, now=None):
+    """Sets each active batch's queue_position, estimated_start_at and
+    estimated_finish_at (Batch.to_openai's extension fields) from queue_plan."""
+    batches = list(batches)
+    if not any(batch.status in Batch.ACTIVE for batch in batches):
+        return batches
+    now = now or timezone.now()
+    plan = queue_plan(now=now)
+    at = {}
+    for batch, row in plan["running"]:
+        eta = row["eta_seconds"]
+        at[batch.pk] = (None, None, None if eta is None else now + timedelta(seconds=eta))
+    for batch, position, start, finish in plan["waiting"]:
+        at[batch.pk] = (
+            position,
+            None if start is None else now + timedelta(seconds=start),
+            None if finish is None else now + timedelta(seconds=finish),
+        )
+    for batch in batches:
+        position, start, finish = at.get(batch.pk, (None, None, None))
+        batch.queue_estimate = {
+            "queue_position": position,
+            "estimated_start_at": unix(start),
+            "estimated_finish_at": unix(finish),
+        }
+    return batches
 
 
 def batch_stats(*, owner, now=None):

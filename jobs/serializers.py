@@ -11,6 +11,7 @@ from batchsite.errors import ApiError
 
 from .models import Batch, File
 from .services import COMPLETION_WINDOWS
+from .validation import metadata_priority_problem
 
 # OpenAI's bounds on a file's expires_after: one hour to 30 days.
 EXPIRES_AFTER_SECONDS = (3600, 30 * 24 * 3600)
@@ -98,6 +99,9 @@ def _validate_metadata(value):
             raise ApiError(
                 "metadata values may be at most 512 characters.", code="invalid_value", param=f"metadata.{key}"
             )
+    problem = metadata_priority_problem(value)
+    if problem:
+        raise ApiError(problem, code="invalid_value", param="metadata.priority")
     return value
 
 
@@ -105,7 +109,12 @@ class BatchCreateSerializer(serializers.Serializer):
     input_file_id = serializers.CharField(help_text="The id of an uploaded file with purpose 'batch'.")
     endpoint = serializers.ChoiceField(choices=Batch.Endpoint.choices, help_text="The endpoint every request calls.")
     completion_window = serializers.ChoiceField(choices=list(COMPLETION_WINDOWS), help_text="Only '24h'.")
-    metadata = serializers.JSONField(required=False, allow_null=True, help_text="Up to 16 string key-value pairs.")
+    metadata = serializers.JSONField(
+        required=False,
+        allow_null=True,
+        help_text='Up to 16 string key-value pairs. Extension: "priority" ("-1", "0" or "1", default "0") orders '
+        "the queue: higher runs first, then the oldest.",
+    )
 
     def validate_metadata(self, value):
         return _validate_metadata(value)
@@ -154,6 +163,21 @@ class BatchObjectSerializer(serializers.Serializer):
     request_counts = RequestCountsSerializer()
     usage = serializers.JSONField(help_text="Token totals: input_tokens, output_tokens, total_tokens.")
     metadata = serializers.JSONField(allow_null=True)
+    queue_position = serializers.IntegerField(
+        allow_null=True,
+        help_text="Extension: 1 is next among the waiting batches of every owner (priority, then age); "
+        "null when running or finished.",
+    )
+    estimated_start_at = serializers.IntegerField(
+        allow_null=True,
+        help_text="Extension, unix seconds: when a waiting batch should start, from the measured request rate "
+        "of recent batches; null when running, finished or no rate is known.",
+    )
+    estimated_finish_at = serializers.IntegerField(
+        allow_null=True,
+        help_text="Extension, unix seconds: when a waiting or running batch should finish; null when finished "
+        "or no rate is known.",
+    )
 
 
 class ListSerializer(serializers.Serializer):

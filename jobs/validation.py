@@ -19,6 +19,8 @@ MESSAGE_ROLES = ("system", "developer", "user", "assistant", "tool", "function")
 # Roles whose message may leave out its content (a tool call instead).
 ROLES_WITHOUT_CONTENT = ("assistant",)
 READ_BLOCK = 1 << 20
+# metadata.priority, an extension: metadata values are strings, the queue orders by the integer.
+PRIORITIES = {"-1": -1, "0": 0, "1": 1}
 
 REQUIRED_BODY_FIELD = {
     "/v1/chat/completions": "messages",
@@ -224,3 +226,11 @@ def validate_input(stream, endpoint, model_lookup):
     if result.total == 0:
         result.add("empty_file", "The input file has no requests.", None)
     return result
+
+
+def metadata_priority_problem(metadata):
+    """Why metadata.priority (an extension: "-1", "0" or "1") is refused, or None."""
+    value = metadata.get("priority") if isinstance(metadata, dict) else None
+    if value is None or value in PRIORITIES:
+        return None
+    return f"metadata.priority must be one of {', '.join(repr(p) for p in PRIORITIES)}, got {value!r}."

@@ -121,6 +121,9 @@ class Worker(models.Model):
     last_load_model = models.CharField(max_length=200, blank=True, help_text="The model this process loaded last.")
     last_load_seconds = models.FloatField(null=True, blank=True, help_text="How long that load took.")
     last_load_at = models.DateTimeField(null=True, blank=True)
+    model_swaps = models.PositiveIntegerField(
+        default=0, help_text="Batches that made this process unload one model to load another."
+    )
     started_at = models.DateTimeField()
     last_seen = models.DateTimeField()
     created_at = models.DateTimeField(auto_now_add=True)

@@ -40,7 +40,7 @@ def test_newest_first_with_its_columns(admin_client):
     assert listed(admin_client) == [new.pk, mid.pk, old.pk]
     page = admin_client.get("/admin/jobs/batch/").content.decode()
     headers = re.findall(r'<th scope="col" class="[^"]*column-(\w+)', page)
-    assert headers == ["id", "status", "created_at", "owner", "model", "duration", "progress_bar"]
+    assert headers == ["id", "status", "created_at", "owner", "model", "queue", "duration", "progress_bar"]
     assert "2m 05s" in page
 
 
