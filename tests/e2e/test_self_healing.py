@@ -1,11 +1,11 @@
 """Self-healing on the real stack: `manage.py watchdog` restarts the cluster after
 kill -9 at the three points of one 2000-request batch (model load, mid-chunk,
-finalizing) and after SIGSTOP of its whole tree mid-batch; the batch completes with
-every custom_id once and usage equal to its output lines' sums, no process of a
-killed or frozen tree (vLLM's EngineCore included) outlives the restart, and past
-its restart limit the watchdog gives up with the reason visible. The tests run in
-order on one stack and one batch; each prints what it measured (the README's
-numbers come from here)."""
+finalizing) and after SIGSTOP of its whole tree while its engine loads; the batch
+completes with every custom_id once and usage equal to its output lines' sums, no
+process of a killed or frozen tree (vLLM's EngineCore included) outlives the
+restart, and past its restart limit the watchdog gives up with the reason visible.
+The tests run in order on one stack and one batch; each prints what it measured
+(the README's numbers come from here)."""
 
 import json
 import re
@@ -14,7 +14,7 @@ import sqlite3
 import subprocess
 import threading
 import time
-from datetime import datetime
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import openai
@@ -29,17 +29,22 @@ from .conftest import chat_request, read_lines, submit, wait_finished, wait_for
 pytestmark = pytest.mark.e2e
 
 HEARTBEAT = 2.0
-TIMEOUT = 3 * HEARTBEAT  # the watchdog's default: 3 heartbeats
+# The default is 3 beats; on a 2-core machine running 30-70 processes a beat came
+# up to 21 s late during a model load, and the watchdog replaced a working cluster.
+TIMEOUT_BEATS = 5
+TIMEOUT = TIMEOUT_BEATS * HEARTBEAT
 INTERVAL = 1.0
 BACKOFF = 0.25
 # kill -9 at model load, mid-chunk and finalizing, and one SIGSTOP, with room for a
-# restart the tests did not ask for (a heartbeat late beyond the 6 s timeout on a
-# machine loaded far past its cores); the last test kills until the limit.
+# restart the tests did not ask for (a heartbeat later than the timeout); the last
+# test kills until the limit.
 MAX_RESTARTS = 6
 N = 2000
 CHUNK = 16
-# Top-20 logprobs make each output line ~20 KB: writing the output file then takes
-# long enough (hundreds of ms, not a few) for the test to stop the finalizer in it.
+# Top-20 logprobs make each output line of the second half ~25 KB: writing the
+# output file then takes long enough (hundreds of ms, not a few) for the test to
+# stop the finalizer in it. The first half is plain, so that the first chunks after
+# a restart (what "moving again" measures) run as fast as usual.
 TOP_LOGPROBS = 20
 
 
@@ -53,6 +58,7 @@ def healing(tmp_path_factory, tiny_model_path):
             "VLLM_BATCH_CPU_KVCACHE_GIB": "1",
             "VLLM_BATCH_HEARTBEAT_SECONDS": str(HEARTBEAT),
             "VLLM_BATCH_WATCHDOG_INTERVAL": str(INTERVAL),
+            "VLLM_BATCH_WATCHDOG_TIMEOUT_BEATS": str(TIMEOUT_BEATS),
             "VLLM_BATCH_WATCHDOG_MAX_RESTARTS": str(MAX_RESTARTS),
             "VLLM_BATCH_WATCHDOG_BACKOFF_SECONDS": str(BACKOFF),
             "Q_POLL": "0.2",
@@ -167,16 +173,29 @@ def kill_9(processes):
     psutil.wait_procs(processes, timeout=30)
 
 
-def worker_status(stack):
-    result = subprocess.run(
-        [PYTHON, "manage.py", "worker", "status", "--json", "--api-url", stack.base_url],
-        cwd=PROJECT_DIR,
-        env=stack.env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    return json.loads(result.stdout)
+def worker_status(stack, attempts=3):
+    """`manage.py worker status --json`, as an operator reads it (it exits 1 when no
+    worker is online); asked again when it printed nothing (a loaded machine)."""
+    for _ in range(attempts):
+        result = subprocess.run(
+            [PYTHON, "manage.py", "worker", "status", "--json", "--api-url", stack.base_url],
+            cwd=PROJECT_DIR,
+            env=stack.env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        if result.stdout.strip():
+            return json.loads(result.stdout)
+        time.sleep(2)
+    raise AssertionError(f"worker status failed ({result.returncode}): {result.stderr[-3000:]}")
+
+
+def worker_online(stack):
+    """A worker not stopped or lost beat within 2 heartbeats (what `worker status` calls online)."""
+    now = datetime.now(UTC).replace(tzinfo=None)
+    rows = stack.db.execute("SELECT last_seen FROM workers_worker WHERE state NOT IN ('stopped', 'lost')").fetchall()
+    return any((now - datetime.fromisoformat(last_seen)).total_seconds() < 2 * HEARTBEAT for (last_seen,) in rows)
 
 
 def batch_row(stack, batch_id):
@@ -208,8 +227,9 @@ def restarted(stack, old, tree, killed_at):
 
 def test_kill_9_while_the_model_loads(healing, receiver, big_batch):
     client = healing.client
-    options = {"max_tokens": 16, "temperature": 0, "ignore_eos": True, "logprobs": True, "top_logprobs": TOP_LOGPROBS}
-    requests = [chat_request(f"h{i}", f"heal {i}", **options) for i in range(N)]
+    plain = {"max_tokens": 16, "temperature": 0, "ignore_eos": True}
+    big = {**plain, "logprobs": True, "top_logprobs": TOP_LOGPROBS}
+    requests = [chat_request(f"h{i}", f"heal {i}", **(plain if i < N // 2 else big)) for i in range(N)]
     batch = submit(client, requests, metadata={"webhook_url": receiver.url})
     big_batch["id"] = batch.id
     # The cluster was just started and has no model: the batch makes its worker load one.
@@ -220,24 +240,51 @@ def test_kill_9_while_the_model_loads(healing, receiver, big_batch):
     )
     old = cluster_main(healing)
     doomed = healing.cluster_processes()
-    killed_at, killed_wall = time.monotonic(), time.time()
+    killed_at = time.monotonic()
     kill_9(doomed)
     assert model_loads(healing) == [], "killed while the model loaded, before it was ready"
     assert batch_row(healing, batch.id)[1] == 0
 
     new_cluster_s = restarted(healing, old, doomed, killed_at)
-    moved = wait_for(client, batch.id, lambda b: b.request_counts.completed > 0, timeout=600)
-    moving_again_s = time.monotonic() - killed_at
-    [(loaded_at, load_s)] = model_loads(healing)
-    assert loaded_at > killed_wall
-    after_load_s = moving_again_s - (loaded_at - killed_wall)
-    print(
-        f"\nMEASURED kill -9 at model load: new cluster after {new_cluster_s:.1f} s; model loaded "
-        f"{loaded_at - killed_wall:.1f} s after the kill (the load itself {load_s:.1f} s); batch moving again "
-        f"{after_load_s:.1f} s after the load ({moving_again_s:.1f} s after the kill, "
-        f"{moved.request_counts.completed} done)"
-    )
+    print(f"\nMEASURED kill -9 at model load: new cluster after {new_cluster_s:.1f} s")
     assert new_cluster_s < 10
+
+
+def test_sigstop_of_the_worker_tree_while_it_loads_is_replaced_within_two_timeouts(healing, big_batch):
+    """The cluster restarted above loads the model again; frozen once its engine
+    process is up (and holds memory), it is replaced and the batch moves on."""
+    old = cluster_main(healing)
+    # Once the worker beats: a freshly restarted cluster is given a start grace instead.
+    deadline = time.monotonic() + 300
+    while True:
+        frozen = healing.cluster_processes()
+        if any(title(p).startswith("VLLM::EngineCore") for p in frozen) and worker_online(healing):
+            break
+        assert time.monotonic() < deadline, "no engine process and no worker online after the restart"
+        time.sleep(0.5)
+    assert len(frozen) >= 3  # main, sentinel and friends, the worker and its engine
+    frozen_at, frozen_wall = time.monotonic(), time.time()
+    for process in frozen:
+        process.send_signal(signal.SIGSTOP)
+
+    new = wait_new_cluster(healing, old.pid, timeout=4 * TIMEOUT)
+    replaced_s = time.monotonic() - frozen_at
+    assert new is not None, "the frozen cluster was not replaced"
+    assert all(gone(p) for p in frozen), "the frozen processes must be gone, vLLM's too"
+    status = worker_status(healing)
+    assert any((w["lost_reason"] or "").startswith("frozen") for w in status["workers"]), status["workers"]
+
+    moved = wait_for(healing.client, big_batch["id"], lambda b: b.request_counts.completed > 0, timeout=600)
+    moving_again_s = time.monotonic() - frozen_at
+    loaded_at, load_s = model_loads(healing)[-1]
+    assert loaded_at > frozen_wall, "the new cluster loaded the model"
+    after_load_s = moving_again_s - (loaded_at - frozen_wall)
+    print(
+        f"\nMEASURED SIGSTOP: replaced after {replaced_s:.1f} s (timeout {TIMEOUT:.0f} s); model loaded "
+        f"{loaded_at - frozen_wall:.1f} s after the freeze (the load itself {load_s:.1f} s); batch moving again "
+        f"{after_load_s:.1f} s after the load ({moved.request_counts.completed} done)"
+    )
+    assert replaced_s < 2 * TIMEOUT
     assert after_load_s < 10
 
 
@@ -272,30 +319,6 @@ def test_kill_9_of_the_cluster_mid_chunk(healing, big_batch):
     )
     assert new_cluster_s < 10
     assert after_load_s < 10
-
-
-def test_sigstop_of_the_worker_tree_is_replaced_within_two_timeouts(healing):
-    old = cluster_main(healing)
-    # Once the worker beats: a freshly restarted cluster is given a start grace instead.
-    deadline = time.monotonic() + 120
-    while not any(w["freshness"] == "online" for w in worker_status(healing)["workers"]):
-        assert time.monotonic() < deadline, "no worker online after the restart"
-        time.sleep(0.5)
-    frozen = healing.cluster_processes()
-    assert len(frozen) >= 3  # main, sentinel and friends, the worker (and its engine)
-    assert any(title(p).startswith("VLLM::EngineCore") for p in frozen), [title(p) for p in frozen]
-    frozen_at = time.monotonic()
-    for process in frozen:
-        process.send_signal(signal.SIGSTOP)
-
-    new = wait_new_cluster(healing, old.pid, timeout=4 * TIMEOUT)
-    replaced_s = time.monotonic() - frozen_at
-    print(f"\nMEASURED SIGSTOP: replaced after {replaced_s:.1f} s (timeout {TIMEOUT:.0f} s)")
-    assert new is not None, "the frozen cluster was not replaced"
-    assert replaced_s < 2 * TIMEOUT
-    assert all(gone(p) for p in frozen), "the frozen processes must be gone, vLLM's too"
-    status = worker_status(healing)
-    assert any((w["lost_reason"] or "").startswith("frozen") for w in status["workers"]), status["workers"]
 
 
 def test_kill_9_while_finalizing_then_every_request_is_answered_once(healing, receiver, big_batch):
