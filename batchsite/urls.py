@@ -1,10 +1,11 @@
 from django.contrib import admin
 from django.urls import include, path
-from drf_spectacular.views import SpectacularJSONAPIView, SpectacularSwaggerView
+from drf_spectacular.views import SpectacularSwaggerView
 from rest_framework.permissions import AllowAny
 
 from batchsite import health, metrics
 from batchsite.errors import json_400, json_404, json_500
+from jobs.schema import SchemaView
 from labeling import accuracy_views
 
 urlpatterns = [
@@ -26,7 +27,7 @@ urlpatterns = [
     ),
     path(
         "v1/openapi.json",
-        SpectacularJSONAPIView.as_view(permission_classes=[AllowAny], authentication_classes=[]),
+        SchemaView.as_view(permission_classes=[AllowAny], authentication_classes=[]),
         name="openapi-schema",
     ),
     # The API reference (Swagger UI from drf-spectacular-sidecar's static files, no CDN).

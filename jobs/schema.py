@@ -1,7 +1,10 @@
 """What drf-spectacular needs beyond the views: the API key's description and
 the error responses every operation can give, in OpenAI's envelope."""
 
+import threading
+
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
+from drf_spectacular.views import SpectacularJSONAPIView
 
 ERROR_SCHEMA = {
     "type": "object",
@@ -78,3 +81,15 @@ def add_error_responses(result, generator, request, public):
                     {"description": ERROR_DESCRIPTIONS[status], "content": {"application/json": {"schema": reference}}},
                 )
     return result
+
+
+class SchemaView(SpectacularJSONAPIView):
+    """drf-spectacular imports its extensions' targets on the first schema request of a
+    process, and not thread-safely: two first requests at once (gunicorn's threads, seen
+    under load) made one a 500 and could switch an extension off for the process's life."""
+
+    _lock = threading.Lock()
+
+    def get(self, request, *args, **kwargs):
+        with self._lock:
+            return super().get(request, *args, **kwargs)
