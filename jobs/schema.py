@@ -4,6 +4,7 @@ the error responses every operation can give, in OpenAI's envelope."""
 import threading
 
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
+from drf_spectacular.utils import extend_schema
 from drf_spectacular.views import SpectacularJSONAPIView
 
 ERROR_SCHEMA = {
@@ -90,6 +91,7 @@ class SchemaView(SpectacularJSONAPIView):
 
     _lock = threading.Lock()
 
+    @extend_schema(exclude=True)
     def get(self, request, *args, **kwargs):
         with self._lock:
             return super().get(request, *args, **kwargs)
