@@ -112,10 +112,11 @@ def claimable(*, held_model=None, allowed_models=(), now=None):
     """Active batches whose lease is free or stale, not waiting for a retry, of a
     model this node may load (`allowed_models`, empty: any; a batch still
     validating names no model yet and any node may take it), in the order a worker
-    holding `held_model` takes them: priority, then affinity, then age. A batch
-    of another model comes after the held model's ones of its priority until it
-    has waited VLLM_BATCH_AFFINITY_WAIT_SECONDS, so a swap waits a little for the
-    held model's work but nothing starves."""
+    holding `held_model` takes them: priority, then affinity, then turn (queued_at:
+    creation, or the end of the last task slice). A batch of another model comes
+    after the held model's ones of its priority until it has waited
+    VLLM_BATCH_AFFINITY_WAIT_SECONDS, so a swap waits a little for the held model's
+    work but nothing starves."""
     now = now or timezone.now()
     queryset = (
         Batch.objects.filter(status__in=Batch.ACTIVE)
@@ -127,13 +128,13 @@ def claimable(*, held_model=None, allowed_models=(), now=None):
     if held_model:
         waited_since = now - timedelta(seconds=settings.VLLM_BATCH["AFFINITY_WAIT_SECONDS"])
         later = Case(
-            When(Q(model=held_model) | Q(model="") | Q(created_at__lte=waited_since), then=Value(0)),
+            When(Q(model=held_model) | Q(model="") | Q(queued_at__lte=waited_since), then=Value(0)),
             default=Value(1),
             output_field=IntegerField(),
         )
     else:
         later = Value(0, output_field=IntegerField())
-    return queryset.annotate(swap_later=later).order_by("-priority", "swap_later", "created_at", "pk")
+    return queryset.annotate(swap_later=later).order_by("-priority", "swap_later", "queued_at", "pk")
 
 
 def claim_next(holder, *, held_model=None, allowed_models=(), now=None):
@@ -163,6 +164,12 @@ def claim_next(holder, *, held_model=None, allowed_models=(), now=None):
 
 def release(batch_id, holder):
     Batch.objects.filter(pk=batch_id, claimed_by=holder).update(claimed_by="", heartbeat_at=None)
+
+
+def release_to_back(batch_id, holder):
+    """Releases a batch whose task slice was used up and puts it behind the batches
+    of its priority waiting now: long batches take turns with the others."""
+    Batch.objects.filter(pk=batch_id, claimed_by=holder).update(claimed_by="", heartbeat_at=None, queued_at=Now())
 
 
 class LeaseKeeper:

@@ -167,6 +167,9 @@ class Batch(models.Model):
     retry_at = models.DateTimeField(null=True, blank=True, help_text="Not taken again before this, after a failure.")
 
     created_at = models.DateTimeField(default=timezone.now)
+    # Its place in the queue: its creation, then the end of each task slice it used
+    # up (batches of one priority take turns).
+    queued_at = models.DateTimeField(default=timezone.now)
     updated_at = models.DateTimeField(auto_now=True)
     in_progress_at = models.DateTimeField(null=True, blank=True)
     expires_at = models.DateTimeField()
@@ -191,8 +194,8 @@ class Batch(models.Model):
             models.Index(fields=["owner", "-created_at"], name="batch_owner_created_idx"),
             # The watchdog looks for active batches whose lease went stale.
             models.Index(fields=["status", "heartbeat_at"], name="batch_status_heartbeat_idx"),
-            # Dispatch (leases.claim_next) and the queue take waiting batches by priority, then age.
-            models.Index(fields=["status", "-priority", "created_at"], name="batch_dispatch_idx"),
+            # Dispatch (leases.claim_next) and the queue take waiting batches by priority, then turn.
+            models.Index(fields=["status", "-priority", "queued_at"], name="batch_dispatch_idx"),
         ]
         constraints = [
             models.CheckConstraint(

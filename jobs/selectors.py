@@ -119,7 +119,7 @@ def _running(batch, now):
 
 
 # The order workers take waiting batches in (leases.claim_next adds the model affinity).
-QUEUE_ORDER = ("-priority", "created_at", "pk")
+QUEUE_ORDER = ("-priority", "queued_at", "pk")
 
 
 def queue_plan(*, workers_online=None, now=None):

@@ -416,7 +416,7 @@ def _process_claimed(batch, holder):
     if why == "expired":
         return _finalize(batch, holder, Batch.Status.EXPIRED)
     if why == "continued" and not finished:
-        leases.release(batch.pk, holder)
+        leases.release_to_back(batch.pk, holder)
         queueing.enqueue_batch(batch.pk)
         return "continued"
     return _finalize(batch, holder, Batch.Status.COMPLETED)

@@ -77,7 +77,10 @@ def jsonl(lines):
 
 def batch_row(owner, status, *, model="m-a", done=0, total=None, **fields):
     """A Batch row with the given counts and times, without an input file: for
-    tests of figures computed from batches (stats, queue, metrics, admin)."""
+    tests of figures computed from batches (stats, queue, metrics, admin). A batch
+    made earlier was queued then too, unless told otherwise."""
+    if "created_at" in fields:
+        fields.setdefault("queued_at", fields["created_at"])
     return Batch.objects.create(
         owner=owner,
         endpoint=CHAT,

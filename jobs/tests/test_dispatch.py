@@ -253,3 +253,17 @@ def test_the_admin_shows_priority_and_the_queue(admin_client, user):
     assert page.index(urgent.pk) < page.index("#1") < page.index(normal.pk) < page.index("#2")
     detail = admin_client.get(reverse("admin:jobs_batch_change", args=[normal.pk])).content.decode()
     assert "#2" in detail
+
+
+def test_a_batch_whose_slice_ran_out_goes_behind_the_batches_waiting(user):
+    """Batches of one priority take turns: a long batch's continuation waits behind
+    the batches queued meanwhile; a batch handed back for other reasons keeps its place."""
+    long = waiting(user, age=100)
+    later = waiting(user, age=50)
+    assert order() == [long.pk, later.pk]
+    assert leases.claim_next("w1", held_model="m-a") == long
+    leases.release_to_back(long.pk, "w1")
+    assert order() == [later.pk, long.pk]
+    assert leases.claim_next("w1", held_model="m-a").pk == later.pk
+    leases.release(later.pk, "w1")
+    assert order() == [later.pk, long.pk]

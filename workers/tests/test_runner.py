@@ -286,11 +286,13 @@ def test_a_used_up_time_slice_saves_progress_and_queues_the_rest(user, chat_mode
     monkeypatch.setattr("jobs.queueing.enqueue_batch", queued.append)
     ids = ["a", "b", "c", "d", "e"]
     batch = make_batch(user, [chat_request(i) for i in ids])
+    queued_at = batch.queued_at
 
     assert run(batch) == "continued"
     assert queued == [batch.pk]
     assert batch.status == "in_progress"
     assert batch.claimed_by == ""
+    assert batch.queued_at > queued_at, "behind the batches queued meanwhile: batches take turns"
     assert batch.completed_requests == 2
     assert BatchResult.objects.filter(batch=batch).count() == 2
 
