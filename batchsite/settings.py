@@ -125,7 +125,7 @@ DATABASES = {
     )
 }
 # PostgreSQL: each web thread keeps its connection (checked before reuse) rather than
-# opening one per request, which doubled the API's p50 under load (bench/load_bench.py).
+# paying a new connection's setup on every request (bench/load_bench.py compares both).
 # Each kept connection counts against the server's max_connections: up to gunicorn's
 # workers x threads, plus the cluster's processes.
 DATABASES["default"]["CONN_MAX_AGE"] = env_int(
