@@ -1,6 +1,6 @@
 """django-q2 entry points of jobs: the schedule that deletes expired files."""
 
-from django_q.models import Schedule
+from batchsite import schedules
 
 from . import services
 
@@ -12,12 +12,4 @@ def delete_expired_files_task():
 
 
 def file_expiry_schedule_ensure(minutes):
-    Schedule.objects.update_or_create(
-        name=FILE_EXPIRY_SCHEDULE,
-        defaults={
-            "func": "jobs.tasks.delete_expired_files_task",
-            "schedule_type": Schedule.MINUTES,
-            "minutes": minutes,
-            "repeats": -1,
-        },
-    )
+    schedules.ensure_every(FILE_EXPIRY_SCHEDULE, "jobs.tasks.delete_expired_files_task", minutes)

@@ -2,8 +2,7 @@
 
 import logging
 
-from django_q.models import Schedule
-
+from batchsite import schedules
 from jobs.models import Batch
 
 from . import bulk, evaluation, events, push, training
@@ -24,15 +23,7 @@ def sweep_events():
 
 
 def event_sweep_schedule_ensure(minutes=1):
-    Schedule.objects.update_or_create(
-        name=EVENT_SWEEP_SCHEDULE,
-        defaults={
-            "func": "labeling.tasks.sweep_events",
-            "schedule_type": Schedule.MINUTES,
-            "minutes": minutes,
-            "repeats": -1,
-        },
-    )
+    schedules.ensure_every(EVENT_SWEEP_SCHEDULE, "labeling.tasks.sweep_events", minutes)
 
 
 def export_training(run_id, owner_id=None):

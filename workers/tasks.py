@@ -5,8 +5,8 @@ import logging
 from django.conf import settings
 from django.db import close_old_connections
 from django.db.models import F
-from django_q.models import Schedule
 
+from batchsite import schedules
 from jobs import leases, queueing
 from jobs.models import Batch
 
@@ -84,12 +84,4 @@ def watchdog_task():
 
 
 def watchdog_schedule_ensure(minutes):
-    Schedule.objects.update_or_create(
-        name=WATCHDOG_SCHEDULE,
-        defaults={
-            "func": "workers.tasks.watchdog_task",
-            "schedule_type": Schedule.MINUTES,
-            "minutes": minutes,
-            "repeats": -1,
-        },
-    )
+    schedules.ensure_every(WATCHDOG_SCHEDULE, "workers.tasks.watchdog_task", minutes)
