@@ -71,7 +71,8 @@ class FileDetailView(APIView):
     def get(self, request, file_id):
         return Response(selectors.file_get(owner=request.user, file_id=file_id).to_openai())
 
-    @extend_schema(responses=DeletedFileSerializer)
+    # OpenAI answers a delete with 200 and the deleted object, not drf-spectacular's default 204.
+    @extend_schema(responses={200: DeletedFileSerializer})
     def delete(self, request, file_id):
         file = selectors.file_get(owner=request.user, file_id=file_id)
         services.file_delete(file=file)

@@ -133,7 +133,7 @@ class GroundTruthView(APIView):
     @extend_schema(
         parameters=[PROJECT_ID],
         request=GroundTruthChangeSerializer,
-        responses=GroundTruthListSerializer,
+        responses={200: GroundTruthListSerializer},
         operation_id="labeling_ground_truth_unmark",
     )
     def delete(self, request, project_id):

@@ -55,6 +55,9 @@ def test_schema_generates_without_warnings_and_validates(db, tmp_path):
     ]
     assert "404" in schema["paths"]["/v1/files/{file_id}"]["get"]["responses"]
     assert "409" in schema["paths"]["/v1/files/{file_id}"]["delete"]["responses"]
+    # Deletes answer 200 with a body (as OpenAI's do), not drf-spectacular's default 204.
+    deletes = {path: ops["delete"]["responses"] for path, ops in schema["paths"].items() if "delete" in ops}
+    assert deletes and all("200" in r and "204" not in r for r in deletes.values()), deletes
     for path in ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/inference"):
         responses = schema["paths"][path]["post"]["responses"]
         assert {"200", "503", "504"} <= set(responses), path
