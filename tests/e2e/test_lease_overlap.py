@@ -82,10 +82,12 @@ def test_a_worker_resumed_after_a_takeover_saves_nothing_and_the_numbers_equal_t
 
             # A new cluster requeues stale batches as it starts, and takes this one over.
             second.start_worker()
+            # With the first frozen, any progress is the second's. On a fast machine the
+            # second can finish the rest between two polls, leaving no holder to see.
             holder, _, _ = wait_lease(
                 db,
                 batch.id,
-                lambda holder, age, done: holder not in ("", first_holder) and done > done_at_pause,
+                lambda holder, age, done: holder != first_holder and done > done_at_pause,
                 600,
                 "no takeover with progress",
             )
@@ -115,7 +117,7 @@ def test_a_worker_resumed_after_a_takeover_saves_nothing_and_the_numbers_equal_t
     assert log_lines(stack.var_dir, f"[{first_pid}] [{batch.id}] workers.runner: batch {batch.id} was taken over")
     assert holder != first_holder
     print(
-        f"\nlease overlap: {N} requests; paused at {done_at_pause} done, taken over by {holder} "
+        f"\nlease overlap: {N} requests; paused at {done_at_pause} done, taken over by {holder or 'the second cluster, which had finished'} "
         f"{took_over - paused:.1f} s after the pause (stale limit {STALE} s); "
         f"finished {finished - took_over:.1f} s later; test {finished - started:.1f} s"
     )
