@@ -22,6 +22,7 @@ from django.db.models.functions import Coalesce, Now
 from django.utils import timezone
 
 from batchsite.errors import ApiError, Conflict, NotFound, RateLimited, TooLarge
+from batchsite.sqlite_turns import write_turn
 
 from . import leases, queueing, signals, webhooks
 from .jsonl import batch_error_line, dumps_line
@@ -328,8 +329,11 @@ def batch_results_save(*, batch_id, holder, rows):
     before (by this holder's crashed attempt or by a worker that took the batch
     over) is neither replaced nor counted twice. The counters are updated only
     while `holder` holds the lease; when it no longer does, nothing of the chunk
-    is saved and leases.LeaseLost is raised."""
-    with transaction.atomic():
+    is saved and leases.LeaseLost is raised.
+
+    On SQLite the commit takes the writers' turn alone, so a webhook's INSERT that
+    arrives meanwhile goes right after it (batchsite.sqlite_turns)."""
+    with write_turn(exclusive=True), transaction.atomic():
         inserted = _insert_results(batch_id, rows)
         new = [row for row in rows if row[0] in inserted]
         failed = sum(1 for row in new if row[2])

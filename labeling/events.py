@@ -8,20 +8,19 @@ is idempotent (see labeling.store): a delivery processed twice, or one that
 arrives after a newer one, changes nothing.
 """
 
-import fcntl
 import json
 import logging
-import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from datetime import timedelta
 
 from django.conf import settings
-from django.db import connection, connections, transaction
+from django.db import connections, transaction
+from django.db.models import F
 from django.utils import timezone
 
 from batchsite.errors import ApiError, TooLarge
+from batchsite.sqlite_turns import write_turn
 
 from . import services, store, training
 from .label_config import LabelConfigError, parse_label_config
@@ -33,26 +32,6 @@ PROCESS_TASK = "labeling.tasks.process_event"
 MAX_ERROR = 4000
 
 ANNOTATION_ACTIONS = {"ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_CREATED"}
-
-
-@contextmanager
-def _sqlite_turn(mode):
-    """SQLite only: a file lock beside the database that orders the web processes'
-    event writes. SQLite's lock is not fair: a writer that waits sleeps and polls
-    (up to 100 ms a time), and the thread applying events takes the lock again
-    before it wakes, event after event (seen as 800 ms answers). The request's
-    INSERT holds it shared (LOCK_SH), the applying thread exclusively (LOCK_EX) for
-    one event at a time, so a request waits for one event at most and wakes as soon
-    as it is done. Not inside a transaction (it may hold SQLite's lock already)."""
-    if connection.vendor != "sqlite" or connection.is_in_memory_db() or connection.in_atomic_block:
-        yield
-        return
-    fd = os.open(f"{connection.settings_dict['NAME']}-labelstudio-events.lock", os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, mode)
-        yield
-    finally:
-        os.close(fd)  # releases the lock
 
 
 # The cluster's one worker may be running a batch slice for minutes: the web
@@ -81,7 +60,8 @@ class _InlineProcessor:
         try:
             for event_id in ids:
                 try:
-                    with _sqlite_turn(fcntl.LOCK_EX):
+                    # One event per turn: a request waits for one event at most.
+                    with write_turn(exclusive=True):
                         event_process(event_id=event_id)
                 except Exception:
                     logger.exception("Label Studio event %s: processing in the web process failed", event_id)
@@ -133,7 +113,7 @@ def event_receive(*, body, source):
     action = payload.get("action")
     if not isinstance(action, str) or not action.strip():
         raise ApiError("The event has no 'action'.", param="action", code="missing_required_parameter")
-    with _sqlite_turn(fcntl.LOCK_SH):
+    with write_turn(exclusive=False):
         event = WebhookEvent.objects.create(
             body=bytes(body), action=action[:100], ls_project_id=_project_id(payload), source=source
         )
@@ -303,31 +283,52 @@ def _apply(event, payload):
     return WebhookEvent.Status.PROCESSED, note
 
 
+# Processing that kills the process (out of memory, a crash in a native library)
+# rolls back everything it wrote; the attempt is counted in its own commit first,
+# so the sweep gives such an event up after this many.
+MAX_ATTEMPTS = 5
+DONE = (WebhookEvent.Status.PROCESSED, WebhookEvent.Status.IGNORED)
+
+
 def event_process(*, event_id, again=False):
     """Processes a stored event; returns its status. An event already processed
     (or ignored) is left alone unless `again`. A failure is recorded on the row
-    (status failed, the error) and everything it wrote is rolled back."""
+    (status failed, the error) and everything it wrote is rolled back. An event
+    still `received` after MAX_ATTEMPTS attempts (each one died with its process)
+    is failed without a further try, unless `again` (admin's re-process)."""
+    counted = WebhookEvent.objects.filter(pk=event_id)
+    if not again:
+        counted = counted.exclude(status__in=DONE)
+    if not counted.update(attempts=F("attempts") + 1):
+        return WebhookEvent.objects.filter(pk=event_id).values_list("status", flat=True).first()
     with transaction.atomic():
         event = WebhookEvent.objects.select_for_update().filter(pk=event_id).first()
         if event is None:
             return None
-        if event.status in (WebhookEvent.Status.PROCESSED, WebhookEvent.Status.IGNORED) and not again:
+        if event.status in DONE and not again:
             return event.status
-        event.attempts += 1
-        try:
-            payload = json.loads(bytes(event.body))
-            with transaction.atomic():
-                event.status, note = _apply(event, payload)
-            event.error = "" if event.status == WebhookEvent.Status.PROCESSED else note
-        except (store.PayloadError, LabelConfigError, ApiError, ValueError) as exc:
-            event.status, event.error = WebhookEvent.Status.FAILED, str(getattr(exc, "message", exc))[:MAX_ERROR]
-        except Exception as exc:
-            logger.exception("Label Studio event %s (%s) failed", event.pk, event.action)
-            event.status, event.error = WebhookEvent.Status.FAILED, f"{type(exc).__name__}: {exc}"[:MAX_ERROR]
-        if event.status == WebhookEvent.Status.FAILED:
-            logger.warning("Label Studio event %s (%s) failed: %s", event.pk, event.action, event.error)
+        if event.status == WebhookEvent.Status.RECEIVED and event.attempts > MAX_ATTEMPTS and not again:
+            event.status = WebhookEvent.Status.FAILED
+            event.error = (
+                f"processing started {event.attempts - 1} times and never finished (the process died each time); "
+                "left alone: re-process it from admin once the cause is fixed"
+            )
+            logger.error("Label Studio event %s (%s): %s", event.pk, event.action, event.error)
+        else:
+            try:
+                payload = json.loads(bytes(event.body))
+                with transaction.atomic():
+                    event.status, note = _apply(event, payload)
+                event.error = "" if event.status == WebhookEvent.Status.PROCESSED else note
+            except (store.PayloadError, LabelConfigError, ApiError, ValueError) as exc:
+                event.status, event.error = WebhookEvent.Status.FAILED, str(getattr(exc, "message", exc))[:MAX_ERROR]
+            except Exception as exc:
+                logger.exception("Label Studio event %s (%s) failed", event.pk, event.action)
+                event.status, event.error = WebhookEvent.Status.FAILED, f"{type(exc).__name__}: {exc}"[:MAX_ERROR]
+            if event.status == WebhookEvent.Status.FAILED:
+                logger.warning("Label Studio event %s (%s) failed: %s", event.pk, event.action, event.error)
         event.processed_at = timezone.now()
-        event.save(update_fields=["status", "error", "attempts", "processed_at", "updated_at"])
+        event.save(update_fields=["status", "error", "processed_at", "updated_at"])
         return event.status
 
 
@@ -356,7 +357,8 @@ def events_sweep(*, older_than=SWEEP_AFTER, limit=SWEEP_LIMIT):
         .values_list("pk", flat=True)[:limit]
     )
     for event_id in ids:
-        event_process(event_id=event_id)
+        with write_turn(exclusive=True):
+            event_process(event_id=event_id)
     if ids:
         logger.info("Label Studio events: %s left received were processed by the sweep", len(ids))
     return len(ids)

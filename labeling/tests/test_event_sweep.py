@@ -74,3 +74,31 @@ def test_ensuring_the_schedule_again_keeps_one():
     tasks.event_sweep_schedule_ensure(2)
     (schedule,) = Schedule.objects.filter(name=tasks.EVENT_SWEEP_SCHEDULE)
     assert schedule.minutes == 2
+
+
+class ProcessDied(BaseException):
+    """Stands in for the process dying mid-event: nothing catches it, the transaction rolls back."""
+
+
+def test_an_event_that_kills_its_process_is_given_up_after_max_attempts(monkeypatch):
+    poison = received("webhook_TASKS_CREATED.json", 60)
+
+    def die(event, payload):
+        raise ProcessDied
+
+    monkeypatch.setattr(events, "_apply", die)
+    for attempt in range(1, events.MAX_ATTEMPTS + 1):
+        with pytest.raises(ProcessDied):
+            events.events_sweep()
+        event = WebhookEvent.objects.get(pk=poison)
+        assert (event.status, event.attempts) == ("received", attempt)  # counted though it rolled back
+    assert events.events_sweep() == 1
+    event = WebhookEvent.objects.get(pk=poison)
+    assert event.status == "failed" and "never finished" in event.error
+    assert LabelingTask.objects.count() == 0
+    assert events.events_sweep() == 0
+
+    monkeypatch.undo()
+    monkeypatch.setattr(events, "_enqueue", lambda event_id: None)
+    assert events.events_process_again(events=[event]) == {"processed": 1}  # admin's re-process still runs it
+    assert LabelingTask.objects.count() == 3

@@ -227,9 +227,10 @@ def test_the_request_path_writes_one_row(client, settings, monkeypatch):
 def test_on_sqlite_a_request_waits_for_one_applied_event_at_most(tmp_path, monkeypatch):
     """The file lock beside an SQLite database: the applying thread's turn (one
     event) holds the request's INSERT back, and the INSERT goes as soon as it ends."""
-    import fcntl
     import threading
     import types
+
+    from batchsite import sqlite_turns
 
     fake = types.SimpleNamespace(
         vendor="sqlite",
@@ -237,11 +238,11 @@ def test_on_sqlite_a_request_waits_for_one_applied_event_at_most(tmp_path, monke
         in_atomic_block=False,
         settings_dict={"NAME": str(tmp_path / "db.sqlite3")},
     )
-    monkeypatch.setattr(events, "connection", fake)
+    monkeypatch.setattr(sqlite_turns, "connection", fake)
     applying, release, order = threading.Event(), threading.Event(), []
 
     def apply_one():
-        with events._sqlite_turn(fcntl.LOCK_EX):
+        with sqlite_turns.write_turn(exclusive=True):
             applying.set()
             release.wait(timeout=10)
             order.append("applied")
@@ -250,9 +251,9 @@ def test_on_sqlite_a_request_waits_for_one_applied_event_at_most(tmp_path, monke
     thread.start()
     assert applying.wait(timeout=10)
     threading.Timer(0.2, release.set).start()
-    with events._sqlite_turn(fcntl.LOCK_SH):
+    with sqlite_turns.write_turn(exclusive=False):
         order.append("inserted")
     thread.join(timeout=10)
     assert order == ["applied", "inserted"]
-    with events._sqlite_turn(fcntl.LOCK_SH), events._sqlite_turn(fcntl.LOCK_SH):
+    with sqlite_turns.write_turn(exclusive=False), sqlite_turns.write_turn(exclusive=False):
         pass  # requests do not wait for each other

@@ -116,8 +116,9 @@ def test_a_worker_resumed_after_a_takeover_saves_nothing_and_the_numbers_equal_t
     first_pid = first_holder.rpartition(":")[2]
     assert log_lines(stack.var_dir, f"[{first_pid}] [{batch.id}] workers.runner: batch {batch.id} was taken over")
     assert holder != first_holder
+    taker = holder or "the second cluster, which had finished"
     print(
-        f"\nlease overlap: {N} requests; paused at {done_at_pause} done, taken over by {holder or 'the second cluster, which had finished'} "
+        f"\nlease overlap: {N} requests; paused at {done_at_pause} done, taken over by {taker} "
         f"{took_over - paused:.1f} s after the pause (stale limit {STALE} s); "
         f"finished {finished - took_over:.1f} s later; test {finished - started:.1f} s"
     )
