@@ -8,7 +8,10 @@ from django_q.tasks import async_task
 BATCH_TASK = "workers.tasks.process_batch_task"
 
 
-def enqueue_batch(batch_id):
+def enqueue_batch(batch_id, hops=0):
+    """A wake-up for the batch's arrival (`hops`: how often a node passed it on)."""
+    if hops:
+        return async_task(BATCH_TASK, batch_id, hops=hops, task_name=f"batch {batch_id}", group="batches")
     return async_task(BATCH_TASK, batch_id, task_name=f"batch {batch_id}", group="batches")
 
 

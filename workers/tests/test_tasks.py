@@ -61,16 +61,30 @@ def test_ensure_schedule_keeps_one_schedule(db):
 # -- dispatch: a task is a wake-up, the worker picks the batch -----------------------
 
 
-def test_a_wake_up_runs_the_batch_first_in_the_queue(user, chat_model, engine):
+def test_a_wake_up_runs_the_batch_first_in_the_queue_then_the_rest(user, chat_model, engine):
     normal = make_batch(user, [chat_request("a")])
     urgent = make_batch(user, [chat_request("b")], metadata={"priority": "1"})
-    assert process_batch_task(normal.pk) == "completed"
-    assert Batch.objects.get(pk=urgent.pk).status == "completed"
-    assert Batch.objects.get(pk=normal.pk).status == "validating"
-    # The urgent batch's own wake-up runs the other one: one wake-up per batch.
-    assert process_batch_task(urgent.pk) == "completed"
-    assert Batch.objects.get(pk=normal.pk).status == "completed"
+    assert process_batch_task(normal.pk) == "completed, completed"
+    normal.refresh_from_db()
+    urgent.refresh_from_db()
+    assert (normal.status, urgent.status) == ("completed", "completed")
+    assert urgent.in_progress_at <= normal.in_progress_at
+    # The urgent batch's own wake-up finds nothing left.
     assert process_batch_task(urgent.pk) == "skipped"
+
+
+def test_a_task_stops_taking_batches_when_the_worker_is_wanted_elsewhere(user, chat_model, engine, monkeypatch):
+    first, second = make_batch(user, [chat_request("a")]), make_batch(user, [chat_request("b")])
+    monkeypatch.setattr("workers.state.handback_requested", lambda: True)
+    assert process_batch_task(first.pk) == "completed"
+    assert Batch.objects.get(pk=second.pk).status == "validating"
+
+
+def test_a_task_stops_taking_batches_when_its_slice_is_used_up(user, chat_model, engine, settings):
+    settings.VLLM_BATCH = {**settings.VLLM_BATCH, "TASK_SLICE_SECONDS": 0}
+    first, second = make_batch(user, [chat_request("a")]), make_batch(user, [chat_request("b")])
+    assert process_batch_task(first.pk) == "completed"
+    assert Batch.objects.get(pk=second.pk).status == "validating"
 
 
 def test_a_node_hands_on_a_batch_of_a_model_outside_its_labels(user, chat_model, engine, settings, monkeypatch):
@@ -99,10 +113,37 @@ def test_swaps_are_counted_on_the_worker_row(user, chat_model, engine, monkeypat
         name=leases.holder_name(), hostname="h", pid=1, started_at=now, last_seen=now, state="idle"
     )
     first, second = make_batch(user, [chat_request("a")]), make_batch(user, [chat_request("b")])
-    assert process_batch_task(first.pk) == "completed"
+    # One wake-up runs both: a swap for the first, the same model again for the second.
+    assert process_batch_task(first.pk) == "completed, completed"
     worker.refresh_from_db()
     assert worker.model_swaps == 1
-    # The same model again: no swap.
-    assert process_batch_task(second.pk) == "completed"
-    worker.refresh_from_db()
-    assert worker.model_swaps == 1
+    assert Batch.objects.get(pk=second.pk).status == "completed"
+
+
+def online_worker(name, state):
+    now = timezone.now()
+    return Worker.objects.create(name=name, hostname="h", pid=1, started_at=now, last_seen=now, state=state)
+
+
+def test_a_labelled_node_passes_a_wake_up_on_to_an_idle_worker_a_few_times(
+    user, chat_model, engine, settings, monkeypatch
+):
+    settings.VLLM_BATCH = {**settings.VLLM_BATCH, "NODE_MODELS": frozenset({"another-model"})}
+    queued = []
+    monkeypatch.setattr("jobs.queueing.enqueue_batch", lambda batch_id, hops=0: queued.append((batch_id, hops)))
+    monkeypatch.setattr("workers.models.Worker.freshness", lambda worker, now=None: Worker.Freshness.ONLINE)
+    batch = make_batch(user, [chat_request("a")])
+    Batch.objects.filter(pk=batch.pk).update(status="in_progress", model=chat_model.name)
+
+    assert process_batch_task(batch.pk) == "skipped"
+    assert queued == []  # no other worker is idle: the batch waits for its node or the watchdog
+    online_worker(leases.holder_name(), "idle")
+    busy = online_worker("elsewhere@x:1", "processing")
+    assert process_batch_task(batch.pk) == "skipped"
+    assert queued == []
+    Worker.objects.filter(pk=busy.pk).update(state="idle")
+    assert process_batch_task(batch.pk, hops=1) == "skipped"
+    assert queued == [(batch.pk, 2)]
+    assert process_batch_task(batch.pk, hops=3) == "skipped"
+    assert queued == [(batch.pk, 2)]  # at most three hops
+    assert Batch.objects.get(pk=batch.pk).status == "in_progress"
