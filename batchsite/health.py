@@ -3,10 +3,10 @@ request needs is there). Unauthenticated, for load balancers and orchestrators:
 the bodies name the checks and say what failed, never a path, URL or secret."""
 
 import logging
-import tempfile
-from pathlib import Path
+import uuid
 
 from django.conf import settings
+from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.db import connection
 from django.http import JsonResponse
@@ -25,12 +25,10 @@ def check_database():
 
 
 def check_storage():
-    # A real file create and delete: a read-only or full disk fails here.
-    root = Path(default_storage.location)
-    root.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=root, prefix=".ready-") as probe:
-        probe.write(b"ok")
-        probe.flush()
+    # A real file saved and deleted through the files' storage (a directory, or a
+    # bucket): a read-only or full disk, or a bucket refusing writes, fails here.
+    name = default_storage.save(f".ready/{uuid.uuid4().hex}", ContentFile(b"ok"))
+    default_storage.delete(name)
 
 
 def check_broker():

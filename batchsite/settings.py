@@ -163,6 +163,21 @@ STORAGES = {
     },
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
 }
+# Several nodes share the files: a directory every node mounts at VLLM_BATCH_FILES_ROOT,
+# or an S3 bucket through django-storages (installed apart; credentials from boto3's
+# usual places: the environment, ~/.aws, an instance role).
+S3_BUCKET = env_str("VLLM_BATCH_S3_BUCKET", "")
+if S3_BUCKET:
+    STORAGES["default"] = {
+        "BACKEND": "storages.backends.s3.S3Storage",
+        "OPTIONS": {
+            "bucket_name": S3_BUCKET,
+            "location": env_str("VLLM_BATCH_S3_PREFIX", "vllm-batch"),
+            "endpoint_url": env_str("VLLM_BATCH_S3_ENDPOINT_URL", "") or None,
+            "region_name": env_str("VLLM_BATCH_S3_REGION", "") or None,
+            "file_overwrite": False,
+        },
+    }
 # Uploads go to a temporary file on disk past this size, never whole into memory.
 FILE_UPLOAD_MAX_MEMORY_SIZE = 2 * 1024 * 1024
 FILE_UPLOAD_TEMP_DIR = None

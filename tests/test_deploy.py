@@ -2,6 +2,7 @@
 production environment, and the secret key file made once, whole and private."""
 
 import http.client
+import json
 import os
 import socket
 import stat
@@ -177,3 +178,44 @@ def test_processes_starting_together_get_one_whole_key(tmp_path, monkeypatch):
     assert len(keys) == 2 and keys[0] == keys[1] and keys[0], keys
     assert path.read_text() == keys[0]
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+STORAGE_PROBE = """
+import json
+import django
+django.setup()
+from django.conf import settings
+print(json.dumps(settings.STORAGES["default"]))
+"""
+
+
+def test_files_go_to_an_s3_bucket_when_one_is_named(tmp_path):
+    def storage(**extra):
+        result = subprocess.run(
+            [PYTHON, "-c", STORAGE_PROBE],
+            cwd=PROJECT_DIR,
+            env=clean_env(tmp_path, **extra),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout)
+
+    assert storage() == {
+        "BACKEND": "django.core.files.storage.FileSystemStorage",
+        "OPTIONS": {"location": str(tmp_path / "files")},
+    }
+    shared = storage(VLLM_BATCH_FILES_ROOT="/mnt/shared/vllm-batch")
+    assert shared["OPTIONS"] == {"location": "/mnt/shared/vllm-batch"}
+    s3 = storage(VLLM_BATCH_S3_BUCKET="batch-files", VLLM_BATCH_S3_ENDPOINT_URL="https://minio.example.org:9000")
+    assert s3 == {
+        "BACKEND": "storages.backends.s3.S3Storage",
+        "OPTIONS": {
+            "bucket_name": "batch-files",
+            "location": "vllm-batch",
+            "endpoint_url": "https://minio.example.org:9000",
+            "region_name": None,
+            "file_overwrite": False,
+        },
+    }

@@ -25,7 +25,7 @@ WATCHDOG_SCHEDULE = "vllm-batch watchdog"
 # this many times (see _hand_on).
 HAND_ON_HOPS = 3
 # Outcomes after which the worker goes on to its next batch in the same task.
-ENDED = {"completed", "failed", "cancelled", "expired"}
+ENDED = {"completed", "failed", "cancelled", "expired", "handed on"}
 
 
 def process_batch_task(batch_id, hops=0):
