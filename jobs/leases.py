@@ -108,7 +108,7 @@ def claim(batch_id, holder):
     return Batch.objects.get(pk=batch_id) if claimed else None
 
 
-def claimable(*, held_model=None, allowed_models=(), now=None):
+def claimable(*, held_model=None, allowed_models=(), left_for=(), now=None):
     """Active batches whose lease is free or stale, not waiting for a retry, of a
     model this node may load (`allowed_models`, empty: any; a batch still
     validating names no model yet and any node may take it), in the order a worker
@@ -116,8 +116,10 @@ def claimable(*, held_model=None, allowed_models=(), now=None):
     creation, or the end of the last task slice). A batch of another model comes
     after the held model's ones of its priority until it has waited
     VLLM_BATCH_AFFINITY_WAIT_SECONDS, so a swap waits a little for the held model's
-    work but nothing starves."""
+    work but nothing starves. Batches of the models in `left_for` (held by other
+    workers that are idle) are left to those workers for the same wait."""
     now = now or timezone.now()
+    waited_since = now - timedelta(seconds=settings.VLLM_BATCH["AFFINITY_WAIT_SECONDS"])
     queryset = (
         Batch.objects.filter(status__in=Batch.ACTIVE)
         .filter(Q(claimed_by="") | Q(heartbeat_at__lt=stale_before()) | Q(heartbeat_at=None))
@@ -125,8 +127,10 @@ def claimable(*, held_model=None, allowed_models=(), now=None):
     )
     if allowed_models:
         queryset = queryset.filter(Q(model__in=list(allowed_models)) | Q(model=""))
+    left_for = set(left_for) - {held_model, ""}
+    if left_for:
+        queryset = queryset.exclude(Q(model__in=left_for) & Q(queued_at__gt=waited_since))
     if held_model:
-        waited_since = now - timedelta(seconds=settings.VLLM_BATCH["AFFINITY_WAIT_SECONDS"])
         later = Case(
             When(Q(model=held_model) | Q(model="") | Q(queued_at__lte=waited_since), then=Value(0)),
             default=Value(1),
@@ -137,13 +141,13 @@ def claimable(*, held_model=None, allowed_models=(), now=None):
     return queryset.annotate(swap_later=later).order_by("-priority", "swap_later", "queued_at", "pk")
 
 
-def claim_next(holder, *, held_model=None, allowed_models=(), now=None):
+def claim_next(holder, *, held_model=None, allowed_models=(), left_for=(), now=None):
     """Takes the lease of the first claimable batch (see claimable); returns it, or
     None when there is none. Any number of workers may call this at once: on
     PostgreSQL the row is locked with SKIP LOCKED (a worker passes over a batch
     another is taking), elsewhere each candidate is tried with claim's
     conditional update until one succeeds."""
-    candidates = claimable(held_model=held_model, allowed_models=allowed_models, now=now)
+    candidates = claimable(held_model=held_model, allowed_models=allowed_models, left_for=left_for, now=now)
     if connection.features.has_select_for_update_skip_locked:
         for _attempt in range(10):
             with transaction.atomic():

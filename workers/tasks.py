@@ -21,8 +21,7 @@ logger = logging.getLogger(__name__)
 WATCHDOG_SCHEDULE = "vllm-batch watchdog"
 
 
-# A labelled node woken for a batch it may not run passes the wake-up on at most
-# this many times (see _hand_on).
+# A wake-up is passed on to an idle worker at most this many times (see _hand_on).
 HAND_ON_HOPS = 3
 # Outcomes after which the worker goes on to its next batch in the same task.
 ENDED = {"completed", "failed", "cancelled", "expired", "handed on"}
@@ -31,11 +30,12 @@ ENDED = {"completed", "failed", "cancelled", "expired", "handed on"}
 def process_batch_task(batch_id, hops=0):
     """A wake-up, not an assignment: each batch queues one task, and the task runs
     the batches this worker should take now (jobs.leases.claim_next: priority, the
-    model its engine holds, age, this node's models), one after another until none
-    is left for it, its slice is used up or it is wanted elsewhere; `batch_id` only
-    says which batch's arrival woke it. With several nodes a wake-up can reach a
-    node that may not take the batch: the node that may take it goes on to it after
-    its current batch without a wake-up of its own. Returns the outcomes, "skipped"
+    model its engine holds, age, this node's models, models idle workers elsewhere
+    hold), one after another until none is left for it, its slice is used up or it
+    is wanted elsewhere; `batch_id` only says which batch's arrival woke it. With
+    several nodes a wake-up can reach a worker that leaves the batch to another:
+    it passes the wake-up on to an idle worker, and a busy one that may take the
+    batch goes on to it after its current batch. Returns the outcomes, "skipped"
     when there was nothing for this worker."""
     with state.busy():
         outcome = _run_batches(batch_id, hops)
@@ -45,31 +45,35 @@ def process_batch_task(batch_id, hops=0):
 
 def _run_batches(hint, hops):
     slice_ends = time.monotonic() + settings.VLLM_BATCH["TASK_SLICE_SECONDS"]
+    holder = leases.holder_name()
     outcomes = []
     while True:
-        outcome = _run_next(hint)
-        if outcome is None:
+        held = engine_host.loaded_model_name()
+        batch = _claim_next(holder, held)
+        if not outcomes:
+            # Once per wake-up, before a batch that may take long: work this worker left waiting goes on.
+            _hand_on(hint, hops, holder)
+        if batch is None:
             break
+        outcome = _run(batch, holder, held, hint)
         outcomes.append(outcome)
         wanted = state.stop_requested.is_set() or state.handback_requested()
         if outcome not in ENDED or wanted or time.monotonic() >= slice_ends:
             break
     if not outcomes:
         logger.info("woken by batch %s: nothing for this worker", hint)
-        _hand_on(hint, hops)
         return "skipped"
     return ", ".join(outcomes)
 
 
-def _run_next(hint):
-    """Runs the next batch for this worker; its outcome, None when there is none."""
-    holder = leases.holder_name()
-    held = engine_host.loaded_model_name()
-    allowed = settings.VLLM_BATCH["NODE_MODELS"]
+def _claim_next(holder, held):
     close_old_connections()
-    batch = leases.claim_next(holder, held_model=held, allowed_models=allowed)
-    if batch is None:
-        return None
+    allowed = settings.VLLM_BATCH["NODE_MODELS"]
+    return leases.claim_next(holder, held_model=held, allowed_models=allowed, left_for=_held_by_idle_others(holder))
+
+
+def _run(batch, holder, held, hint):
+    allowed = settings.VLLM_BATCH["NODE_MODELS"]
     if allowed and batch.status == Batch.Status.VALIDATING and not _validated_for_node(batch, holder, allowed):
         return "handed on"
     outcome = runner.process_batch(batch.pk, holder)
@@ -81,18 +85,26 @@ def _run_next(hint):
     return outcome
 
 
-def _hand_on(hint, hops):
-    """A labelled node woken while the only batches waiting are of models it may not
-    load passes the wake-up on when another worker is idle (it may be one that can
-    take them), at most HAND_ON_HOPS times. A busy node that may take them goes on
-    to them after its batch by itself; the watchdog requeues what is left."""
-    allowed = settings.VLLM_BATCH["NODE_MODELS"]
-    if not allowed or hops >= HAND_ON_HOPS or not leases.claimable().exclude(model__in=allowed).exists():
+def _idle_others(holder):
+    return [w for w in selectors.worker_list_online() if w.name != holder and w.state == Worker.State.IDLE]
+
+
+def _held_by_idle_others(holder):
+    """Models that idle workers elsewhere hold: their batches are left to them for
+    VLLM_BATCH_AFFINITY_WAIT_SECONDS (affinity across nodes), so no engine loads a
+    model another one holds idle."""
+    return {w.current_model for w in _idle_others(holder) if w.current_model}
+
+
+def _hand_on(hint, hops, holder):
+    """Batches still waiting after this worker's pick (left to others, or more than
+    one worker can run) get a wake-up passed on when another worker is idle, at
+    most HAND_ON_HOPS times, so two nodes never toss one back and forth. A busy
+    node goes on to them after its batch by itself; the watchdog requeues the rest."""
+    if hops >= HAND_ON_HOPS or not leases.claimable().exists() or not _idle_others(holder):
         return
-    holder = leases.holder_name()
-    if any(w.name != holder and w.state == Worker.State.IDLE for w in selectors.worker_list_online()):
-        queueing.enqueue_batch(hint, hops=hops + 1)
-        logger.info("woken by batch %s: passed on for a node that may load its model", hint)
+    queueing.enqueue_batch(hint, hops=hops + 1)
+    logger.info("woken by batch %s: batches still wait, passed on to an idle worker", hint)
 
 
 def _validated_for_node(batch, holder, allowed):

@@ -78,6 +78,16 @@ def test_priority_beats_affinity(user, affinity_wait):
     assert order(held_model="m-b") == [urgent.pk, held.pk]
 
 
+def test_a_model_an_idle_worker_elsewhere_holds_is_left_to_it_for_the_affinity_wait(user, affinity_wait):
+    theirs = waiting(user, "m-a", age=30)
+    mine = waiting(user, "m-b", age=5)
+    assert order(held_model="m-b", left_for={"m-a"}) == [mine.pk]
+    assert order(left_for={"m-a"}) == [mine.pk]  # holding nothing: no load of a model held idle elsewhere
+    assert order(held_model="m-a", left_for={"m-a"}) == [theirs.pk, mine.pk]  # this worker holds it too
+    waited = waiting(user, "m-a", age=61)
+    assert order(held_model="m-b", left_for={"m-a"}) == [waited.pk, mine.pk]
+
+
 def test_a_node_never_takes_a_model_outside_its_labels(user):
     other = waiting(user, "m-a", age=100)
     mine = waiting(user, "m-b", age=1)

@@ -1,5 +1,7 @@
 """workers.tasks: the django-q2 entry points, stopping a worker between chunks, the watchdog's schedule."""
 
+from datetime import timedelta
+
 import pytest
 from django.utils import timezone
 from django_q.models import Schedule
@@ -147,3 +149,38 @@ def test_a_labelled_node_passes_a_wake_up_on_to_an_idle_worker_a_few_times(
     assert process_batch_task(batch.pk, hops=3) == "skipped"
     assert queued == [(batch.pk, 2)]  # at most three hops
     assert Batch.objects.get(pk=batch.pk).status == "in_progress"
+
+
+def test_a_model_held_by_an_idle_worker_elsewhere_is_left_to_it_and_it_is_woken(
+    user, chat_model, engine, settings, monkeypatch
+):
+    settings.VLLM_BATCH = {**settings.VLLM_BATCH, "AFFINITY_WAIT_SECONDS": 60.0}
+    queued = []
+    monkeypatch.setattr("jobs.queueing.enqueue_batch", lambda batch_id, hops=0: queued.append((batch_id, hops)))
+    monkeypatch.setattr("workers.models.Worker.freshness", lambda worker, now=None: Worker.Freshness.ONLINE)
+    elsewhere = online_worker("elsewhere@x:1", "idle")
+    Worker.objects.filter(pk=elsewhere.pk).update(current_model=chat_model.name)
+    batch = make_batch(user, [chat_request("a")])
+    Batch.objects.filter(pk=batch.pk).update(status="in_progress", model=chat_model.name)
+
+    assert process_batch_task(batch.pk) == "skipped"
+    assert queued == [(batch.pk, 1)]  # passed on, for the idle worker holding the model
+    assert engine.requested == []
+    # Past the affinity wait, this worker takes it after all.
+    Batch.objects.filter(pk=batch.pk).update(queued_at=timezone.now() - timedelta(seconds=61))
+    assert process_batch_task(batch.pk) == "completed"
+
+
+def test_a_worker_that_takes_one_batch_passes_a_wake_up_on_for_the_rest(user, chat_model, engine, monkeypatch):
+    queued = []
+    monkeypatch.setattr("jobs.queueing.enqueue_batch", lambda batch_id, hops=0: queued.append((batch_id, hops)))
+    monkeypatch.setattr("workers.models.Worker.freshness", lambda worker, now=None: Worker.Freshness.ONLINE)
+    first = make_batch(user, [chat_request("a")])
+    make_batch(user, [chat_request("b")])
+    assert process_batch_task(first.pk) == "completed, completed"
+    assert queued == []  # nobody else idle: this worker ran both
+    online_worker("elsewhere@x:1", "idle")
+    third = make_batch(user, [chat_request("c")])
+    make_batch(user, [chat_request("d")])
+    process_batch_task(third.pk)
+    assert queued == [(third.pk, 1)]  # once, before its first batch
