@@ -132,12 +132,21 @@ def test_a_batch_saved_in_the_background_has_every_line_once(user, chat_model, e
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_cancel_seen_by_a_background_save_stops_the_batch(user, chat_model, engine, saves_on_threads, small_chunks):
-    def cancel(pulled):
-        if pulled == 3:
-            Batch.objects.filter(pk=batch.pk).update(status="cancelling", cancelling_at=timezone.now())
+def test_a_cancel_seen_by_a_background_save_stops_the_batch(
+    user, chat_model, engine, saves_on_threads, small_chunks, monkeypatch
+):
+    save = runner.job_services.batch_results_save
 
-    engine.fake(before_result=cancel)
+    def save_then_cancel(**kwargs):
+        # The cancel arrives right after the first chunk's commit. Written on the saver's
+        # own thread: the tests' in-memory SQLite (shared cache) answers a second writer
+        # "table is locked" at once instead of letting it wait, as a database file does.
+        saved = save(**kwargs)
+        if len(saves_on_threads) == 1:
+            Batch.objects.filter(pk=batch.pk).update(status="cancelling", cancelling_at=timezone.now())
+        return saved
+
+    monkeypatch.setattr(runner.job_services, "batch_results_save", save_then_cancel)
     ids = [f"req-{i}" for i in range(12)]
     batch = make_batch(user, [chat_request(i) for i in ids])
 
