@@ -105,11 +105,14 @@ def _online(workers):
     return worker_filter_freshness(queryset=workers.exclude(realtime_url=""), freshness=Worker.Freshness.ONLINE)
 
 
-def realtime_worker_for(model):
-    """An online worker holding `model` (any model when None), idle ones first."""
+def realtime_worker_for(model, endpoint=None):
+    """An online worker holding `model` (when None: any model that serves `endpoint`,
+    or any model), idle ones first."""
     workers = Worker.objects.exclude(current_model="").filter(state__in=[Worker.State.IDLE, Worker.State.PROCESSING])
     if model:
         workers = workers.filter(current_model=model)
+    elif endpoint:
+        workers = workers.filter(current_model__in=[m.name for m in model_list_active() if m.serves(endpoint)])
     return min(_online(workers), key=lambda w: (w.state != Worker.State.IDLE, -w.last_seen.timestamp()), default=None)
 
 

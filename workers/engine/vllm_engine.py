@@ -203,7 +203,8 @@ class Engine:
         self._cancelled = queue.Queue()
         self._realtime = {}
         self.dead = False
-        args = llm_kwargs(self.engine_args)
+        # vLLM names the model in the errors it raises: the name users know, never its path.
+        args = {"served_model_name": name, **llm_kwargs(self.engine_args)}
         started = time.monotonic()
         logger.info("loading model %s from %s", name, args.get("model"))
         self.llm = vllm.LLM(**args)
@@ -488,9 +489,10 @@ class Engine:
             outputs = self.llm.embed(prompts, pooling_params=params, use_tqdm=False)
         except EngineDeadError:
             raise
-        except Exception:
+        except Exception as exc:
             if len(prompts) == 1:
-                raise
+                # Refused (e.g. `dimensions` on a model without Matryoshka embeddings): that request's error.
+                return [EngineError(str(exc))]
             # Find which inputs the engine refuses without losing the others.
             return [self._embed_one(p, params) for p in prompts]
         return [Embedding(len(o.prompt_token_ids or ()), list(o.outputs.embedding)) for o in outputs]

@@ -107,13 +107,16 @@ def call_worker(kind, body):
         selectors.model_for_endpoint(model, wire.KIND_ENDPOINTS[kind])
     timeout = _timeout(body)
     check_body(kind, body)
-    worker = selectors.realtime_worker_for(model)
+    endpoint = wire.KIND_ENDPOINTS[kind]
+    worker = selectors.realtime_worker_for(model, endpoint)
     swap = worker is None and bool(model) and swaps_allowed()
     if swap:
         worker = selectors.swap_worker_for(model)
     if worker is None:
         raise wire.ModelNotLoaded(
-            f"No worker has the model '{model}' loaded; try again later." if model else "No worker has a model loaded.",
+            f"No worker has the model '{model}' loaded; try again later."
+            if model
+            else f"No worker has a model loaded that serves {endpoint}; try again later.",
             code="model_not_loaded",
             param="model",
         )

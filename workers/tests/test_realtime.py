@@ -441,3 +441,20 @@ def test_a_failing_metric_does_not_fail_the_request(api, chat_model, worker_says
     make_worker()
     worker_says([{"done": chat_body()}])
     assert api.post("/v1/chat/completions", CHAT_BODY, format="json").status_code == 200
+
+
+def test_a_request_naming_no_model_goes_to_a_worker_whose_model_serves_it(
+    api, chat_model, embedding_model, worker_says
+):
+    make_worker(model=embedding_model.name)
+    sent = worker_says([{"done": chat_body()}])
+    body = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4}
+    response = api.post("/v1/chat/completions", {**body, "model": ""}, format="json")
+    # Only an embedding model is loaded: chat is not sent to it.
+    assert response.status_code == 503
+    assert response.json()["error"]["code"] == "model_not_loaded"
+    assert "/v1/chat/completions" in response.json()["error"]["message"]
+    assert sent == []
+    make_worker(model=CHAT_MODEL)
+    assert api.post("/v1/chat/completions", {**body, "model": ""}, format="json").status_code == 200
+    assert sent[0]["body"]["model"] == CHAT_MODEL
