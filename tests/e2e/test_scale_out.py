@@ -1,0 +1,146 @@
+"""Scale-out on the production path: worker clusters as separate processes (nodes)
+on one PostgreSQL and one Redis, sharing the var directory as nodes share storage.
+
+Node A may load tiny-llama, node B tiny-llama-b (the same weights registered
+under a second name: two models as far as the product can tell). Each node's own
+log says which batches it ran, in order."""
+
+import re
+import uuid
+
+import openai
+import psycopg
+import pytest
+import redis
+
+from devtools.devstack import Stack
+from tests.conftest import E2E_ENV
+
+from .conftest import read_lines, submit, wait_finished, wait_for
+
+pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
+
+PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
+REDIS_DB = 8
+RAN = re.compile(r"workers\.tasks: batch (batch_\w+) \(woken by batch_\w+\): (\w[\w ]*)$")
+
+
+@pytest.fixture(scope="module")
+def nodes(tmp_path_factory, tiny_model_path):
+    name = f"vllm_batch_scale_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    redis_url = f"redis://127.0.0.1:6379/{REDIS_DB}"
+    redis.Redis.from_url(redis_url).flushdb()
+    var_dir = tmp_path_factory.mktemp("e2e-scale-out")
+    env = {
+        **E2E_ENV,
+        "DATABASE_URL": f"postgresql://postgres@127.0.0.1:5432/{name}",
+        "REDIS_URL": redis_url,
+        "Q_CLUSTER_NAME": name,
+    }
+    a = Stack(var_dir, env={**env, "VLLM_BATCH_NODE_MODELS": "tiny-llama"}, log_prefix="node-a-")
+    b = Stack(var_dir, env={**env, "VLLM_BATCH_NODE_MODELS": "tiny-llama-b"}, log_prefix="node-b-")
+    c = Stack(var_dir, env=env, log_prefix="node-c-")
+    try:
+        a.setup(tiny_path=tiny_model_path)
+        a.manage("register_model", "tiny-llama-b", str(tiny_model_path), "--max-model-len", "2048")
+        a.api_key = a.create_api_key("scale-out")
+        a.start_web(workers=2, threads=8)
+        yield a, b, c
+    finally:
+        for stack in (c, b, a):
+            stack.stop()
+        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def ran(node):
+    """(batch id, outcome) for each batch the node's cluster ran, in order."""
+    text = (node.var_dir / f"{node.log_prefix}worker.log").read_text(errors="replace")
+    return [match.groups() for match in map(RAN.search, text.splitlines()) if match]
+
+
+MODELS = ("tiny-llama", "tiny-llama-b")
+
+
+def requests_for(model, prefix, n, max_tokens=8):
+    return [
+        {
+            "custom_id": f"{prefix}-{i}",
+            "method": "POST",
+            "url": "/v1/chat/completions",
+            "body": {
+                "model": model,
+                "messages": [{"role": "user", "content": f"{prefix} {i}"}],
+                "max_tokens": max_tokens,
+                "temperature": 0,
+                "ignore_eos": True,
+            },
+        }
+        for i in range(n)
+    ]
+
+
+def assert_exactly_once(client, batch, requests):
+    assert batch.status == "completed", batch
+    output = read_lines(client, batch.output_file_id)
+    errors = read_lines(client, batch.error_file_id) if batch.error_file_id else []
+    assert errors == []
+    assert sorted(line["custom_id"] for line in output) == sorted(r["custom_id"] for r in requests)
+    assert (batch.request_counts.completed, batch.request_counts.failed) == (len(requests), 0)
+    assert batch.usage.output_tokens == sum(r["body"]["max_tokens"] for r in requests)
+    assert batch.usage.input_tokens == sum(line["response"]["body"]["usage"]["prompt_tokens"] for line in output)
+
+
+def model_swaps(node):
+    with psycopg.connect(node.env["DATABASE_URL"]) as conn:
+        return dict(conn.execute("SELECT name, model_swaps FROM workers_worker").fetchall())
+
+
+@pytest.mark.timeout(1800)
+def test_twenty_batches_over_two_nodes_by_model_and_priority_each_request_once(nodes):
+    a, b, _ = nodes
+    client = openai.OpenAI(base_url=a.base_url, api_key=a.api_key, max_retries=0, timeout=60)
+    # Queued before any node runs: each node then takes them in its own order.
+    queued = {}  # batch id -> (model, priority, requests), in the order created
+    for i in range(20):
+        model, priority = MODELS[i % 2], 1 if i >= 16 else 0
+        requests = requests_for(model, f"q{i}", 20)
+        batch = submit(client, requests, metadata={"priority": str(priority)})
+        queued[batch.id] = (model, priority, requests)
+    a.start_worker()
+    b.start_worker()
+
+    for batch_id, (_, _, requests) in queued.items():
+        assert_exactly_once(client, wait_finished(client, batch_id, timeout=900), requests)
+    for node, model in ((a, "tiny-llama"), (b, "tiny-llama-b")):
+        done = [batch_id for batch_id, outcome in ran(node) if outcome == "completed"]
+        # Its model only; high priority first, then in the order created (the sort is stable).
+        by_priority = sorted(queued.items(), key=lambda item: -item[1][1])
+        assert done == [i for i, (m, _, _) in by_priority if m == model], node.log_prefix
+    # Labels kept each model on its node: no engine was swapped.
+    assert set(model_swaps(a).values()) == {0}
+
+
+@pytest.mark.timeout(1800)
+def test_kill_9_of_a_node_mid_batch_another_node_finishes_it_exactly_once(nodes):
+    a, b, c = nodes
+    for node in (a, b):
+        if node.worker is None:  # run alone
+            node.start_worker()
+    client = openai.OpenAI(base_url=a.base_url, api_key=a.api_key, max_retries=0, timeout=60)
+    requests = requests_for("tiny-llama-b", "kill", 2000, max_tokens=32)
+    batch = submit(client, requests)
+    wait_for(client, batch.id, lambda b: b.request_counts.completed >= 32, timeout=900, interval=0.1)
+    # A node that may load any model joins, idle; node B dies (power cut, OOM killer).
+    c.start_worker()
+    b.kill_worker()
+    done_at_kill = client.batches.retrieve(batch.id).request_counts.completed
+    assert done_at_kill < len(requests), "the batch ended before the kill; make it longer"
+
+    # Node A may not load tiny-llama-b; node C takes the lease over once it is stale.
+    finished = wait_finished(client, batch.id, timeout=900)
+    assert_exactly_once(client, finished, requests)
+    assert (batch.id, "completed") in ran(c)
+    assert batch.id not in {batch_id for batch_id, _ in ran(a)}
