@@ -222,38 +222,3 @@ def test_the_request_path_writes_one_row(client, settings, monkeypatch):
         assert post(client, body("webhook_ANNOTATION_UPDATED.json")).status_code == 200
     writes = [q["sql"] for q in queries.captured_queries if not q["sql"].lstrip().upper().startswith("SELECT")]
     assert len(writes) == 1 and writes[0].startswith('INSERT INTO "labeling_webhookevent"')
-
-
-def test_on_sqlite_a_request_waits_for_one_applied_event_at_most(tmp_path, monkeypatch):
-    """The file lock beside an SQLite database: the applying thread's turn (one
-    event) holds the request's INSERT back, and the INSERT goes as soon as it ends."""
-    import threading
-    import types
-
-    from batchsite import sqlite_turns
-
-    fake = types.SimpleNamespace(
-        vendor="sqlite",
-        is_in_memory_db=lambda: False,
-        in_atomic_block=False,
-        settings_dict={"NAME": str(tmp_path / "db.sqlite3")},
-    )
-    monkeypatch.setattr(sqlite_turns, "connection", fake)
-    applying, release, order = threading.Event(), threading.Event(), []
-
-    def apply_one():
-        with sqlite_turns.write_turn(exclusive=True):
-            applying.set()
-            release.wait(timeout=10)
-            order.append("applied")
-
-    thread = threading.Thread(target=apply_one)
-    thread.start()
-    assert applying.wait(timeout=10)
-    threading.Timer(0.2, release.set).start()
-    with sqlite_turns.write_turn(exclusive=False):
-        order.append("inserted")
-    thread.join(timeout=10)
-    assert order == ["applied", "inserted"]
-    with sqlite_turns.write_turn(exclusive=False), sqlite_turns.write_turn(exclusive=False):
-        pass  # requests do not wait for each other
