@@ -136,7 +136,10 @@ def test_realtime_answers_while_a_long_batch_runs(client):
         progress = client.batches.retrieve(batch.id)
         assert answer.choices[0].message.content is not None
         assert progress.status == "in_progress", "the batch finished first: the check proves nothing"
-        assert elapsed < 5
+        # Answered while the batch runs, not after it. How fast is bench/realtime_bench.py's
+        # to measure (p95 1.1 s on a quiet machine); in a full CI run on 2 shared cores each
+        # engine step over the batch's 1024 sequences took long enough for 11-24 s here.
+        assert elapsed < 60
     finally:
         client.batches.cancel(batch.id)
         wait_finished(client, batch.id)
