@@ -213,6 +213,9 @@ VLLM_BATCH = {
     # batch has waited this long (or no batch of the held model waits).
     "NODE_MODELS": frozenset(env_list("VLLM_BATCH_NODE_MODELS", "")),
     "AFFINITY_WAIT_SECONDS": env_float("VLLM_BATCH_AFFINITY_WAIT_SECONDS", 60.0),
+    # A batch of more requests than this is split into ranges of this many, which
+    # several workers holding its model run at once (0: never split; jobs/ranges.py).
+    "SPLIT_REQUESTS": env_int("VLLM_BATCH_SPLIT_REQUESTS", 0),
     "WATCHDOG_MINUTES": env_int("VLLM_BATCH_WATCHDOG_MINUTES", 1),
     # Workers write their heartbeat row this often, from a thread.
     "HEARTBEAT_SECONDS": env_float("VLLM_BATCH_HEARTBEAT_SECONDS", 10.0),

@@ -12,7 +12,7 @@ from django.utils.html import format_html, format_html_join
 from batchsite.errors import ApiError
 
 from . import selectors, services
-from .models import ApiKey, Batch, File
+from .models import ApiKey, Batch, BatchRange, File
 
 
 @admin.register(ApiKey)
@@ -149,8 +149,23 @@ def _clock(unix_seconds):
     return timezone.localtime(datetime.fromtimestamp(unix_seconds, tz=UTC)).strftime("%m-%d %H:%M")
 
 
+class BatchRangeInline(admin.TabularInline):
+    """The ranges of a batch split across workers (jobs.ranges): who holds or ran each."""
+
+    model = BatchRange
+    extra = 0
+    can_delete = False
+    fields = ["first_line", "end_line", "requests", "claimed_by", "heartbeat_at", "done_at", "done_by"]
+    readonly_fields = fields
+    ordering = ["first_line"]
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+
 @admin.register(Batch)
 class BatchAdmin(admin.ModelAdmin):
+    inlines = [BatchRangeInline]
     # Newest first, narrow enough for a 1400-pixel window: the files are on the batch's page.
     list_display = ["id", "status", "created_at", "owner", "model", "queue", "duration", "progress_bar"]
     list_filter = ["status", "priority", "endpoint", "created_at", "model", "owner"]

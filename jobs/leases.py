@@ -190,7 +190,7 @@ class LeaseKeeper:
         try:
             while not self.stop_event.wait(self.interval):
                 try:
-                    Batch.objects.filter(pk=self.batch_id, claimed_by=self.holder).update(heartbeat_at=Now())
+                    self.beat()
                 except Exception:
                     logger.exception("lease heartbeat failed for %s", self.batch_id)
                 finally:
@@ -198,6 +198,9 @@ class LeaseKeeper:
         finally:
             # The thread's own connection (one per batch, or per cancel in a web request) ends with it.
             connections.close_all()
+
+    def beat(self):
+        Batch.objects.filter(pk=self.batch_id, claimed_by=self.holder).update(heartbeat_at=Now())
 
     def __enter__(self):
         self.thread.start()

@@ -267,6 +267,30 @@ class Batch(models.Model):
 NO_ESTIMATE = {"queue_position": None, "estimated_start_at": None, "estimated_finish_at": None}
 
 
+class BatchRange(models.Model):
+    """A run of a batch's input lines that one worker processes at a time, when the
+    batch is split across workers (VLLM_BATCH_SPLIT_REQUESTS; see jobs.ranges): held
+    like the batch's own lease (a holder and a heartbeat), taken over once stale,
+    done once every request in it has a saved result."""
+
+    batch = models.ForeignKey(Batch, on_delete=models.CASCADE, related_name="ranges")
+    first_line = models.IntegerField(help_text="The range's first input line (1-based).")
+    end_line = models.IntegerField(help_text="The line after the range's last one.")
+    offset = models.BigIntegerField(help_text="Where first_line starts in the input file, in bytes.")
+    requests = models.IntegerField(help_text="Requests (non-blank lines) in the range.")
+    claimed_by = models.CharField(max_length=200, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    done_at = models.DateTimeField(null=True, blank=True)
+    # Who finished it: the tests and the admin show how a batch was shared.
+    done_by = models.CharField(max_length=200, blank=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["batch", "first_line"], name="batch_range_once")]
+
+    def __str__(self):
+        return f"{self.batch_id} lines {self.first_line}-{self.end_line - 1}"
+
+
 class BatchResult(models.Model):
     """One finished request of a batch. Saved with the batch's progress in one
     transaction per chunk, so a crash loses at most the chunk in flight; the

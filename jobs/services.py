@@ -24,7 +24,7 @@ from django.utils import timezone
 from batchsite.errors import ApiError, Conflict, NotFound, RateLimited, TooLarge
 from batchsite.sqlite_turns import write_turn
 
-from . import leases, queueing, signals, webhooks
+from . import leases, queueing, ranges, signals, webhooks
 from .jsonl import batch_error_line, dumps_line
 from .models import ApiKey, Batch, BatchResult, File, hash_api_key
 from .validation import iter_request_lines, validate_input
@@ -319,7 +319,7 @@ def _check_holder(batch_id, holder):
         raise leases.LeaseLost(batch_id, holder)
 
 
-def batch_results_save(*, batch_id, holder, rows):
+def batch_results_save(*, batch_id, holder, rows, in_ranges=False):
     """Saves finished requests, (line, custom_id, is_error, output line, input
     tokens, output tokens) each, with the batch's counters in one transaction;
     returns (status, expires_at, claimed_by) afterwards, so the worker sees a
@@ -329,25 +329,33 @@ def batch_results_save(*, batch_id, holder, rows):
     before (by this holder's crashed attempt or by a worker that took the batch
     over) is neither replaced nor counted twice. The counters are updated only
     while `holder` holds the lease; when it no longer does, nothing of the chunk
-    is saved and leases.LeaseLost is raised.
+    is saved and leases.LeaseLost is raised. With `in_ranges` (a split batch,
+    jobs.ranges) it is the lines' ranges the holder must hold, not the batch's
+    lease, and a range is marked done with its last result.
 
     On SQLite the commit takes the writers' turn alone, so a webhook's INSERT that
     arrives meanwhile goes right after it (batchsite.sqlite_turns)."""
+    lines = [row[0] for row in rows]
     with write_turn(exclusive=True), transaction.atomic():
+        held = ranges.check_held(batch_id, holder, lines) if in_ranges else None
         inserted = _insert_results(batch_id, rows)
         new = [row for row in rows if row[0] in inserted]
         failed = sum(1 for row in new if row[2])
-        changed = Batch.objects.filter(pk=batch_id, claimed_by=holder, status__in=Batch.ACTIVE).update(
+        active = Batch.objects.filter(pk=batch_id, status__in=Batch.ACTIVE)
+        lease = {} if in_ranges else {"heartbeat_at": Now()}
+        changed = (active if in_ranges else active.filter(claimed_by=holder)).update(
             completed_requests=F("completed_requests") + (len(new) - failed),
             failed_requests=F("failed_requests") + failed,
             input_tokens=F("input_tokens") + sum(row[4] for row in new),
             output_tokens=F("output_tokens") + sum(row[5] for row in new),
-            heartbeat_at=Now(),
             progress_at=Now(),
             updated_at=Now(),
+            **lease,
         )
         if not changed:
             raise leases.LeaseLost(batch_id, holder)
+        if in_ranges:
+            ranges.mark_done(batch_id, holder, held, lines)
     return Batch.objects.values_list("status", "expires_at", "claimed_by").get(pk=batch_id)
 
 

@@ -18,7 +18,7 @@ from django.conf import settings
 from django.db import close_old_connections, connection
 from django.utils import timezone
 
-from jobs import leases, queueing
+from jobs import leases, queueing, ranges
 from jobs import selectors as job_selectors
 from jobs import services as job_services
 from jobs.jsonl import dumps_line, output_line, request_error_line
@@ -32,6 +32,9 @@ from .engine import host as engine_host
 from .engine.types import EngineDead, EngineError, GenerateItem
 
 logger = logging.getLogger(__name__)
+
+# How often the holder of a split batch looks whether the other workers' ranges are done.
+RANGE_WAIT_SECONDS = 1.0
 
 
 def validate_batch(batch, holder):
@@ -145,14 +148,16 @@ class ChunkWriter:
     close() waits for it. Inside a transaction (the unit tests) saves stay on the
     caller's thread: another thread's connection would not see its rows."""
 
-    def __init__(self, batch, holder, background=None):
+    def __init__(self, batch, holder, background=None, in_ranges=False):
         self.batch = batch
         self.holder = holder
+        self.in_ranges = in_ranges
         self.rows = []
         self.last_flush = time.monotonic()
         self.flush_seconds = 2.0
         self.chunk_size = settings.VLLM_BATCH["CHUNK_SIZE"]
-        self.done_lines = job_selectors.batch_done_lines(batch.pk)
+        # A split batch's ranges skip their own saved lines (jobs.ranges.requests).
+        self.done_lines = frozenset() if in_ranges else job_selectors.batch_done_lines(batch.pk)
         if background is None:
             background = not connection.in_atomic_block
         self.saver = _Saver(self._save) if background else None
@@ -173,7 +178,16 @@ class ChunkWriter:
         )
 
     def _save(self, rows):
-        return job_services.batch_results_save(batch_id=self.batch.pk, holder=self.holder, rows=rows)
+        return job_services.batch_results_save(
+            batch_id=self.batch.pk, holder=self.holder, rows=rows, in_ranges=self.in_ranges
+        )
+
+    def pending_requests(self):
+        """(line, request) for the requests this writer's holder is to run: those
+        without a result, or, in a split batch, those of the ranges it takes."""
+        if self.in_ranges:
+            return ranges.requests(self.batch, self.holder)
+        return job_services.batch_pending_requests(self.batch, self.done_lines)
 
     def flush(self):
         """Saves the chunk; returns the batch's (status, expires_at, claimed_by) after
@@ -186,7 +200,7 @@ class ChunkWriter:
             self.last_state = self._save(rows)
         else:
             self.last_state = self.saver.submit(rows) or self.last_state
-        return self.last_state or self._current_state()
+        return self.last_state or self.current_state()
 
     def close(self):
         """Waits for the chunk in flight; returns the batch's state after it (None if none)."""
@@ -201,9 +215,9 @@ class ChunkWriter:
         """Saves what is left and waits for every save; returns the batch's state after."""
         if self.rows:
             self.flush()
-        return self.close() or self.last_state or self._current_state()
+        return self.close() or self.last_state or self.current_state()
 
-    def _current_state(self):
+    def current_state(self):
         return Batch.objects.values_list("status", "expires_at", "claimed_by").get(pk=self.batch.pk)
 
 
@@ -265,7 +279,7 @@ def _finish_generation(line, entry, endpoint, model_name, writer):
 
 def run_generation(batch, engine, writer, should_stop):
     parts = {}
-    requests = job_services.batch_pending_requests(batch, writer.done_lines)
+    requests = writer.pending_requests()
     stream = engine.generate(_generate_items(requests, batch.endpoint, writer, parts))
     try:
         for (line, index), result in stream:
@@ -283,7 +297,7 @@ def run_generation(batch, engine, writer, should_stop):
 
 
 def run_embeddings(batch, engine, writer, should_stop):
-    requests = job_services.batch_pending_requests(batch, writer.done_lines)
+    requests = writer.pending_requests()
     while True:
         chunk = []
         for line, request in requests:
@@ -343,7 +357,7 @@ def process_batch(batch_id, holder=None):
         if batch is None:
             return "skipped"
         try:
-            with leases.LeaseKeeper(batch.pk, holder), state.processing(batch.pk):
+            with ranges.RangeKeeper(batch.pk, holder, holds_batch=True), state.processing(batch.pk):
                 return _process_claimed(batch, holder)
         except leases.LeaseLost:
             # Another worker took the batch over (this one was paused past the stale
@@ -358,8 +372,59 @@ def process_batch(batch_id, holder=None):
                 batch_id=batch_id, holder=holder, reason=f"{type(exc).__name__}: {exc}"
             )
         finally:
+            ranges.release(batch_id, holder)
             leases.release(batch_id, holder)
             close_old_connections()
+
+
+def help_batch(batch_id, holder=None):
+    """Runs ranges of a split batch that another worker holds (jobs.ranges) until
+    none is left to take, for at most one task slice; that worker finalizes the
+    batch. Returns "helped", or "skipped" when there was nothing to take."""
+    holder = holder or leases.holder_name()
+    with batch_context(batch_id):
+        close_old_connections()
+        batch = Batch.objects.filter(pk=batch_id, status=Batch.Status.IN_PROGRESS).first()
+        model = selectors.model_get_active(batch.model) if batch is not None else None
+        if model is None or not ranges.is_split(batch_id):
+            return "skipped"
+        try:
+            with (
+                ranges.RangeKeeper(batch.pk, holder, holds_batch=False),
+                state.processing(batch.pk),
+                engine_host.engine_for(model, interrupted=_wanted_back(batch)) as engine,
+            ):
+                _run_on_engine(batch, holder, engine, helping=True)
+        except (engine_host.Interrupted, leases.LeaseLost):
+            pass  # handed back, or a range taken over: what is left goes to the next taker
+        except EngineDead as exc:
+            # Counted on the batch as the holder's deaths are: a request that kills engines ends the batch.
+            failures = job_services.batch_engine_failed(batch_id=batch.pk)
+            logger.error("the engine died helping with batch %s (failure %d): %s", batch.pk, failures, exc)
+        finally:
+            ranges.release(batch_id, holder)
+            close_old_connections()
+    return "helped"
+
+
+def _wanted_back(batch):
+    def wanted_back():
+        # Checked about once a second while the batch waits for the engine.
+        if state.stop_requested.is_set() or state.operator_handback_requested():
+            return True
+        return Batch.objects.filter(pk=batch.pk, status=Batch.Status.CANCELLING).exists()
+
+    return wanted_back
+
+
+def _wake_helpers(batch, holder):
+    """Wake-ups for the idle workers elsewhere, to take ranges of a split batch:
+    two each, as a busy cluster's task queue may take one in passing (an idle
+    worker's heartbeat asks for more while ranges are free:
+    workers.runtime.heartbeat.wake_for_free_ranges)."""
+    idle = selectors.idle_workers(besides=holder)
+    for _ in range(min(2 * len(idle), 2 * ranges.left(batch.pk))):
+        queueing.enqueue_batch(batch.pk)
 
 
 def _finalize(batch, holder, final_status, **kwargs):
@@ -395,14 +460,10 @@ def _process_claimed(batch, holder):
         )
         return "failed"
 
-    def wanted_back():
-        # Checked about once a second while the batch waits for the engine.
-        if state.stop_requested.is_set() or state.operator_handback_requested():
-            return True
-        return Batch.objects.filter(pk=batch.pk, status=Batch.Status.CANCELLING).exists()
-
+    if ranges.split(batch) and ranges.left(batch.pk) > 1:
+        _wake_helpers(batch, holder)
     try:
-        with engine_host.engine_for(model, interrupted=wanted_back) as engine:
+        with engine_host.engine_for(model, interrupted=_wanted_back(batch)) as engine:
             finished, why = _run_on_engine(batch, holder, engine)
     except engine_host.Interrupted:
         finished, why = False, "continued"
@@ -422,16 +483,19 @@ def _process_claimed(batch, holder):
     return _finalize(batch, holder, Batch.Status.COMPLETED)
 
 
-def _run_on_engine(batch, holder, engine):
+def _run_on_engine(batch, holder, engine, helping=False):
     """Runs the batch's pending requests until done or told to stop; returns
-    (finished, why it stopped or None)."""
-    writer = ChunkWriter(batch, holder)
+    (finished, why it stopped or None). A split batch's holder runs ranges until
+    none is left to take, then waits for the ones other workers hold (taking over
+    any that goes stale) until all are done; a helper (`helping`) only runs ranges."""
+    in_ranges = ranges.is_split(batch.pk)
+    writer = ChunkWriter(batch, holder, in_ranges=in_ranges)
     slice_ends = time.monotonic() + settings.VLLM_BATCH["TASK_SLICE_SECONDS"]
     outcome = {}
 
     def should_stop(saved):
         status, expires_at, claimed_by = saved
-        if claimed_by != holder:
+        if claimed_by != holder and not helping:
             outcome["why"] = "lost_lease"
         elif status == Batch.Status.CANCELLING:
             outcome["why"] = "cancelled"
@@ -444,6 +508,14 @@ def _run_on_engine(batch, holder, engine):
     runner = run_embeddings if batch.endpoint == Batch.Endpoint.EMBEDDINGS else run_generation
     try:
         finished = runner(batch, engine, writer, should_stop)
+        while finished and in_ranges and not helping and ranges.left(batch.pk):
+            # Bounded by the slice: should_stop ends the wait with it (or a cancel, the expiry).
+            writer.finish()
+            if should_stop(writer.current_state()):
+                finished = False
+                break
+            time.sleep(RANGE_WAIT_SECONDS)
+            finished = runner(batch, engine, writer, should_stop)
     except EngineDead:
         writer.finish()  # what finished before the engine died is kept
         raise

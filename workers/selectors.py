@@ -88,6 +88,11 @@ def worker_list_online(*, now=None):
     return [w for w in worker_list_recent(now=now, limit=None) if w.freshness(now) == Worker.Freshness.ONLINE]
 
 
+def idle_workers(*, besides=""):
+    """Online workers that are idle, but the one named `besides`."""
+    return [w for w in worker_list_online() if w.name != besides and w.state == Worker.State.IDLE]
+
+
 def worker_filter_freshness(*, queryset, freshness, now=None):
     """Narrows `queryset` to workers of one freshness. Only workers with a recent
     beat can be online or stale, so the per-row check (is the pid alive?) runs

@@ -8,7 +8,7 @@ from django.db import close_old_connections
 from django.db.models import F
 
 from batchsite import schedules
-from jobs import leases, queueing
+from jobs import leases, queueing, ranges
 from jobs.models import Batch
 
 from . import runner, selectors, services, state
@@ -24,7 +24,7 @@ WATCHDOG_SCHEDULE = "vllm-batch watchdog"
 # A wake-up is passed on to an idle worker at most this many times (see _hand_on).
 HAND_ON_HOPS = 3
 # Outcomes after which the worker goes on to its next batch in the same task.
-ENDED = {"completed", "failed", "cancelled", "expired", "handed on"}
+ENDED = {"completed", "failed", "cancelled", "expired", "handed on", "helped"}
 
 
 def process_batch_task(batch_id, hops=0):
@@ -54,8 +54,13 @@ def _run_batches(hint, hops):
             # Once per wake-up, before a batch that may take long: work this worker left waiting goes on.
             _hand_on(hint, hops, holder)
         if batch is None:
-            break
-        outcome = _run(batch, holder, held, hint)
+            # Nothing to take for itself: ranges of a split batch another worker holds.
+            helped = _help(holder, held)
+            if helped is None:
+                break
+            outcome = helped
+        else:
+            outcome = _run(batch, holder, held, hint)
         outcomes.append(outcome)
         wanted = state.stop_requested.is_set() or state.handback_requested()
         if outcome not in ENDED or wanted or time.monotonic() >= slice_ends:
@@ -86,7 +91,18 @@ def _run(batch, holder, held, hint):
 
 
 def _idle_others(holder):
-    return [w for w in selectors.worker_list_online() if w.name != holder and w.state == Worker.State.IDLE]
+    return selectors.idle_workers(besides=holder)
+
+
+def _help(holder, held):
+    """Runs ranges of a split batch of a model this worker may run (jobs.ranges);
+    its outcome, or None when no batch has one to take."""
+    batch_id = ranges.helpable(allowed_models=settings.VLLM_BATCH["NODE_MODELS"], held_model=held)
+    if batch_id is None:
+        return None
+    outcome = runner.help_batch(batch_id)
+    logger.info("batch %s: helped with its ranges (%s)", batch_id, outcome)
+    return outcome
 
 
 def _held_by_idle_others(holder):
@@ -101,7 +117,8 @@ def _hand_on(hint, hops, holder):
     one worker can run) get a wake-up passed on when another worker is idle, at
     most HAND_ON_HOPS times, so two nodes never toss one back and forth. A busy
     node goes on to them after its batch by itself; the watchdog requeues the rest."""
-    if hops >= HAND_ON_HOPS or not leases.claimable().exists() or not _idle_others(holder):
+    waiting = leases.claimable().exists() or ranges.helpable() is not None
+    if hops >= HAND_ON_HOPS or not waiting or not _idle_others(holder):
         return
     queueing.enqueue_batch(hint, hops=hops + 1)
     logger.info("woken by batch %s: batches still wait, passed on to an idle worker", hint)

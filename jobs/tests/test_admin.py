@@ -3,7 +3,7 @@ from django.contrib.auth import get_user_model
 from django.core.files.base import ContentFile
 from django.urls import reverse
 
-from jobs import services
+from jobs import ranges, services
 from jobs.models import Batch, File
 
 from .factories import chat_request, jsonl, make_batch
@@ -46,6 +46,18 @@ def test_batch_detail_links_every_file_it_has(admin_client, user, batch):
     assert f'href="{download_url(batch.input_file_id)}"' in page
     assert f'href="{download_url(output.pk)}"' in page
     assert ">errors</a>" not in page
+
+
+def test_batch_page_shows_who_holds_and_ran_each_range_of_a_split_batch(admin_client, batch, settings):
+    settings.VLLM_BATCH = {**settings.VLLM_BATCH, "SPLIT_REQUESTS": 1}
+    Batch.objects.filter(pk=batch.pk).update(status="in_progress")
+    ranges.split(batch)
+    ranges.claim(batch.pk, "node-b@x:42")
+
+    page = admin_client.get(reverse("admin:jobs_batch_change", args=[batch.pk])).content.decode()
+
+    assert "Batch ranges" in page
+    assert "node-b@x:42" in page
 
 
 def test_cancel_action_cancels_through_the_service(admin_client, batch):

@@ -6,53 +6,36 @@ under a second name: two models as far as the product can tell). Each node's own
 log says which batches it ran, in order."""
 
 import re
-import uuid
 
 import openai
-import psycopg
 import pytest
-import redis
 
 from devtools.devstack import Stack
-from tests.conftest import E2E_ENV
 
-from .conftest import read_lines, submit, wait_finished, wait_for
+from .conftest import assert_exactly_once, production_env, query, requests_for, submit, wait_finished, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
 
-PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 REDIS_DB = 8
 RAN = re.compile(r"workers\.tasks: batch (batch_\w+) \(woken by batch_\w+\): (\w[\w ]*)$")
 
 
 @pytest.fixture(scope="module")
 def nodes(tmp_path_factory, tiny_model_path):
-    name = f"vllm_batch_scale_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    redis_url = f"redis://127.0.0.1:6379/{REDIS_DB}"
-    redis.Redis.from_url(redis_url).flushdb()
-    var_dir = tmp_path_factory.mktemp("e2e-scale-out")
-    env = {
-        **E2E_ENV,
-        "DATABASE_URL": f"postgresql://postgres@127.0.0.1:5432/{name}",
-        "REDIS_URL": redis_url,
-        "Q_CLUSTER_NAME": name,
-    }
-    a = Stack(var_dir, env={**env, "VLLM_BATCH_NODE_MODELS": "tiny-llama"}, log_prefix="node-a-")
-    b = Stack(var_dir, env={**env, "VLLM_BATCH_NODE_MODELS": "tiny-llama-b"}, log_prefix="node-b-")
-    c = Stack(var_dir, env=env, log_prefix="node-c-")
-    try:
-        a.setup(tiny_path=tiny_model_path)
-        a.manage("register_model", "tiny-llama-b", str(tiny_model_path), "--max-model-len", "2048")
-        a.api_key = a.create_api_key("scale-out")
-        a.start_web(workers=2, threads=8)
-        yield a, b, c
-    finally:
-        for stack in (c, b, a):
-            stack.stop()
-        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with production_env("vllm_batch_scale", REDIS_DB) as env:
+        var_dir = tmp_path_factory.mktemp("e2e-scale-out")
+        a = Stack(var_dir, env={**env, "VLLM_BATCH_NODE_MODELS": "tiny-llama"}, log_prefix="node-a-")
+        b = Stack(var_dir, env={**env, "VLLM_BATCH_NODE_MODELS": "tiny-llama-b"}, log_prefix="node-b-")
+        c = Stack(var_dir, env=env, log_prefix="node-c-")
+        try:
+            a.setup(tiny_path=tiny_model_path)
+            a.manage("register_model", "tiny-llama-b", str(tiny_model_path), "--max-model-len", "2048")
+            a.api_key = a.create_api_key("scale-out")
+            a.start_web(workers=2, threads=8)
+            yield a, b, c
+        finally:
+            for stack in (c, b, a):
+                stack.stop()
 
 
 def ran(node):
@@ -64,38 +47,8 @@ def ran(node):
 MODELS = ("tiny-llama", "tiny-llama-b")
 
 
-def requests_for(model, prefix, n, max_tokens=8):
-    return [
-        {
-            "custom_id": f"{prefix}-{i}",
-            "method": "POST",
-            "url": "/v1/chat/completions",
-            "body": {
-                "model": model,
-                "messages": [{"role": "user", "content": f"{prefix} {i}"}],
-                "max_tokens": max_tokens,
-                "temperature": 0,
-                "ignore_eos": True,
-            },
-        }
-        for i in range(n)
-    ]
-
-
-def assert_exactly_once(client, batch, requests):
-    assert batch.status == "completed", batch
-    output = read_lines(client, batch.output_file_id)
-    errors = read_lines(client, batch.error_file_id) if batch.error_file_id else []
-    assert errors == []
-    assert sorted(line["custom_id"] for line in output) == sorted(r["custom_id"] for r in requests)
-    assert (batch.request_counts.completed, batch.request_counts.failed) == (len(requests), 0)
-    assert batch.usage.output_tokens == sum(r["body"]["max_tokens"] for r in requests)
-    assert batch.usage.input_tokens == sum(line["response"]["body"]["usage"]["prompt_tokens"] for line in output)
-
-
 def model_swaps(node):
-    with psycopg.connect(node.env["DATABASE_URL"]) as conn:
-        return dict(conn.execute("SELECT name, model_swaps FROM workers_worker").fetchall())
+    return dict(query(node.env, "SELECT name, model_swaps FROM workers_worker"))
 
 
 @pytest.mark.timeout(1800)

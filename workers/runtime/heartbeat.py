@@ -12,7 +12,7 @@ from django.conf import settings
 from django.db import close_old_connections
 from django.utils import timezone
 
-from jobs import leases
+from jobs import leases, queueing, ranges
 from jobs import services as job_services
 
 from .. import state
@@ -152,6 +152,21 @@ def pending_commands(name):
     return list(WorkerCommand.objects.filter(worker__name=name, status=WorkerCommand.Status.PENDING).order_by("pk"))
 
 
+def wake_for_free_ranges():
+    """An idle worker asks for a wake-up while a split batch has a range free that
+    it may run (jobs.ranges): the wake-ups sent when the batch was split may have
+    been taken by busy clusters, whose task queues hold a few each. Once a beat
+    while that lasts; returns the batch's id, or None."""
+    if state.is_busy() or state.get()["state"] != Worker.State.IDLE:
+        return None
+    batch_id = ranges.helpable(
+        allowed_models=settings.VLLM_BATCH["NODE_MODELS"], held_model=engine_host.loaded_model_name()
+    )
+    if batch_id is not None:
+        queueing.enqueue_batch(batch_id)
+    return batch_id
+
+
 class HeartbeatThread(threading.Thread):
     """Beats every interval, and at once when state.poke() asks."""
 
@@ -177,6 +192,7 @@ class HeartbeatThread(threading.Thread):
                     ready = True
                 for command in pending_commands(self.name_):
                     carry_out(command)
+                wake_for_free_ranges()
             except Exception:
                 logger.exception("heartbeat failed")
             finally:
