@@ -5,6 +5,7 @@ runs: `manage.py migrate`, gunicorn, `manage.py qcluster`, with the product's
 settings plus devtools' commands (devtools/settings.py). Every wait here is bounded.
 """
 
+import json
 import os
 import shutil
 import signal
@@ -92,6 +93,49 @@ class Stack:
         if tiny_path:
             args += ["--tiny-path", str(tiny_path)]
         self.manage(*args)
+
+    def idle_workers_holding(self, model):
+        """How many workers online (of any cluster on this database) are idle with `model` loaded."""
+        code = (
+            "from workers.selectors import idle_workers\n"
+            f"print(sum(w.current_model == {model!r} for w in idle_workers()))"
+        )
+        return int(self.manage("shell", "-c", code).split()[-1])
+
+    def warm(self, client, workers, model="tiny-llama", rounds=6):
+        """Runs small batches, `workers` at a time, until that many idle workers hold
+        `model`: a worker loads its model with its first batch, and one that loads
+        it while a large batch runs joins that batch late. Bounded: `rounds` rounds
+        of batches of at most 600 s each."""
+        for round_ in range(rounds):
+            batches = []
+            for i in range(workers):
+                line = {
+                    "custom_id": f"warm-{round_}-{i}",
+                    "method": "POST",
+                    "url": "/v1/chat/completions",
+                    "body": {"model": model, "messages": [{"role": "user", "content": "warm"}], "max_tokens": 4},
+                }
+                file = client.files.create(file=("warm.jsonl", (json.dumps(line) + "\n").encode()), purpose="batch")
+                batches.append(
+                    client.batches.create(
+                        input_file_id=file.id, endpoint="/v1/chat/completions", completion_window="24h"
+                    )
+                )
+            for batch in batches:
+                deadline = time.monotonic() + 600
+                while client.batches.retrieve(batch.id).status not in ("completed", "failed", "cancelled", "expired"):
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(f"warm-up batch {batch.id} did not finish in 600 s")
+                    time.sleep(0.5)
+            deadline = time.monotonic() + 10  # heartbeats report the loaded model
+            while True:
+                if self.idle_workers_holding(model) >= workers:
+                    return round_ + 1
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(1)
+        raise RuntimeError(f"{model} is not loaded on {workers} idle workers after {rounds} rounds")
 
     def create_api_key(self, name):
         return self.manage("create_api_key", name, "--quiet").strip()

@@ -508,9 +508,11 @@ def _run_on_engine(batch, holder, engine, helping=False):
     runner = run_embeddings if batch.endpoint == Batch.Endpoint.EMBEDDINGS else run_generation
     try:
         finished = runner(batch, engine, writer, should_stop)
-        while finished and in_ranges and not helping and ranges.left(batch.pk):
+        while finished and in_ranges and not helping:
+            writer.finish()  # its own last chunk counts before it looks at the others'
+            if not ranges.left(batch.pk):
+                break
             # Bounded by the slice: should_stop ends the wait with it (or a cancel, the expiry).
-            writer.finish()
             if should_stop(writer.current_state()):
                 finished = False
                 break

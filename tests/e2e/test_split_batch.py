@@ -31,34 +31,11 @@ def pair(tmp_path_factory, tiny_model_path):
             x.start_worker()
             y.start_worker()
             client = openai.OpenAI(base_url=x.base_url, api_key=x.api_key, max_retries=0, timeout=60)
-            warm_both(client, env)
+            x.warm(client, workers=2)
             yield x, y, client
         finally:
             for stack in (y, x):
                 stack.stop()
-
-
-def warm_workers(env):
-    return {
-        name
-        for name, model in query(env, "SELECT name, current_model FROM workers_worker WHERE state = 'idle'")
-        if model == "tiny-llama"
-    }
-
-
-def warm_both(client, env):
-    """Small batches two at a time until both nodes hold the model (a helper that
-    loads it first would come after a batch this size is done)."""
-    for round_ in range(6):
-        batches = [submit(client, requests_for("tiny-llama", f"warm{round_}-{i}", 4)) for i in range(2)]
-        for batch in batches:
-            assert wait_finished(client, batch.id, timeout=600).status == "completed"
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and len(warm_workers(env)) < 2:
-            time.sleep(0.5)
-        if len(warm_workers(env)) == 2:
-            return
-    raise AssertionError(f"the model is not loaded on both nodes: {warm_workers(env)}")
 
 
 def ranges_of(env, batch_id):
@@ -107,9 +84,9 @@ def test_kill_9_of_a_helper_mid_range_its_range_is_taken_over_exactly_once(pair)
         time.sleep(0.1)
     helper_name = helping.pop()
     helper = node_of(helper_name, (x, y))
-    helper.kill_worker()
+    # What it holds as it dies (the kill itself may outlast the stale limit: it waits for every process).
     taken_over = [first for first, holder, _ in ranges_of(x.env, batch.id) if holder == helper_name]
-    assert client.batches.retrieve(batch.id).status == "in_progress"
+    helper.kill_worker()
 
     # The holder runs its ranges, then takes the dead helper's over once stale (20 s here).
     finished = wait_finished(client, batch.id, timeout=900)
