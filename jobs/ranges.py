@@ -189,12 +189,3 @@ def helpable(*, allowed_models=(), held_model=None):
         queryset = queryset.filter(model=held_model)
     return queryset.order_by("-priority", "queued_at", "pk").values_list("pk", flat=True).first()
 
-
-def progress(batch_id):
-    """(ranges done, ranges, {holder: ranges done}) of a split batch."""
-    rows = list(BatchRange.objects.filter(batch_id=batch_id).values_list("done_at", "done_by"))
-    by = {}
-    for done_at, done_by in rows:
-        if done_at is not None:
-            by[done_by] = by.get(done_by, 0) + 1
-    return sum(by.values()), len(rows), by
