@@ -188,4 +188,3 @@ def helpable(*, allowed_models=(), held_model=None):
     if held_model:
         queryset = queryset.filter(model=held_model)
     return queryset.order_by("-priority", "queued_at", "pk").values_list("pk", flat=True).first()
-
