@@ -216,6 +216,9 @@ VLLM_BATCH = {
     # A batch of more requests than this is split into ranges of this many, which
     # several workers holding its model run at once (0: never split; jobs/ranges.py).
     "SPLIT_REQUESTS": env_int("VLLM_BATCH_SPLIT_REQUESTS", 0),
+    # The engine gets a batch's requests in blocks of this many, each block longest
+    # expected output first, shared first messages together (0: file order).
+    "RUN_ORDER_LOOKAHEAD": env_int("VLLM_BATCH_RUN_ORDER_LOOKAHEAD", 2048),
     "WATCHDOG_MINUTES": env_int("VLLM_BATCH_WATCHDOG_MINUTES", 1),
     # Workers write their heartbeat row this often, from a thread.
     "HEARTBEAT_SECONDS": env_float("VLLM_BATCH_HEARTBEAT_SECONDS", 10.0),

@@ -102,6 +102,7 @@ def main():
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--database-url", default=None, help="a PostgreSQL database for the bench alone")
     parser.add_argument("--redis-url", default=None, help="Redis as broker and cache")
+    parser.add_argument("--worker-nice", type=int, default=0, help="start the cluster at this CPU niceness")
     args = parser.parse_args()
     out = args.out or Path(tempfile.mkdtemp(prefix="webhook-bench-"))
     model = out / "tiny-llama"
@@ -119,7 +120,7 @@ def main():
         stack.setup(tiny_path=model)
         key = stack.create_api_key("bench")
         stack.start_web()
-        stack.start_worker()
+        stack.start_worker(nice=args.worker_nice)
         client = openai.OpenAI(base_url=stack.base_url, api_key=key, max_retries=0, timeout=60)
         url = f"{stack.base_url}/webhooks/label-studio"
         bodies = deliveries(2 * args.deliveries)
@@ -156,6 +157,7 @@ def main():
             running = state.status == "in_progress"
         processed, total = wait_applied(stack, len(bodies), args.apply_timeout)
         print(f"database:         {database}{' + Redis broker' if args.redis_url else ''}")
+        print(f"cluster nice:     {args.worker_nice}")
         print(f"idle worker:      {summary(idle)}")
         print(f"batch running:    {summary(busy)}   (batch still in progress at the end: {running})")
         print(f"events applied:   {processed} of {total} stored")

@@ -201,8 +201,10 @@ class Stack:
                 time.sleep(0.2)
         raise RuntimeError("web server did not answer within 60 s")
 
-    def start_worker(self):
-        self.worker = self._spawn("worker", [PYTHON, "manage.py", "qcluster"])
+    def start_worker(self, nice=0):
+        """`manage.py qcluster`; `nice` > 0 starts it (and so vLLM's engine processes) at that CPU niceness."""
+        prefix = ["nice", "-n", str(nice)] if nice else []
+        self.worker = self._spawn("worker", [*prefix, PYTHON, "manage.py", "qcluster"])
         return self.worker
 
     def start_watchdog(self, *args):

@@ -7,6 +7,7 @@ chunk, so a crash loses at most the chunk in flight and a restarted batch resume
 with the requests that have no saved result.
 """
 
+import itertools
 import json
 import logging
 import os
@@ -253,6 +254,29 @@ def _generate_items(requests, endpoint, writer, parts):
                 yield GenerateItem(key=(line, index), sampling=sampling, prompt=prompt)
 
 
+def _run_order_key(item):
+    # Longest expected output first (no max_tokens: up to the context, the longest),
+    # then requests that share their first message (a system prompt) together.
+    expected = item.sampling.get("max_tokens") or 1 << 30
+    first = item.chat[0].get("content") if item.chat else item.prompt
+    return -expected, first if isinstance(first, str) else ""
+
+
+def in_run_order(items, lookahead):
+    """The items in the order they go to the engine: in blocks of `lookahead`,
+    each sorted by _run_order_key (a stable sort: file order among equals).
+    Long requests started first leave short ones to fill the engine's batch at
+    the end of a block, not a few long ones running nearly alone; results are
+    saved per line, so the output keeps the input's order. 0: file order."""
+    if lookahead <= 0:
+        yield from items
+        return
+    items = iter(items)
+    while block := list(itertools.islice(items, lookahead)):
+        block.sort(key=_run_order_key)
+        yield from block
+
+
 def _finish_generation(line, entry, endpoint, model_name, writer):
     custom_id = entry["custom_id"]
     failure = next((r for r in entry["results"] if isinstance(r, EngineError)), None)
@@ -280,7 +304,10 @@ def _finish_generation(line, entry, endpoint, model_name, writer):
 def run_generation(batch, engine, writer, should_stop):
     parts = {}
     requests = writer.pending_requests()
-    stream = engine.generate(_generate_items(requests, batch.endpoint, writer, parts))
+    items = _generate_items(requests, batch.endpoint, writer, parts)
+    # A split batch keeps file order: its next range is taken only when the engine asks for more.
+    lookahead = 0 if writer.in_ranges else settings.VLLM_BATCH["RUN_ORDER_LOOKAHEAD"]
+    stream = engine.generate(in_run_order(items, lookahead))
     try:
         for (line, index), result in stream:
             entry = parts[line]

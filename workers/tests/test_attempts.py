@@ -68,7 +68,11 @@ def test_a_validation_that_raises_is_retried_with_backoff_then_fails_with_the_re
     assert run(batch) == "skipped"
 
 
-def test_a_processing_error_ends_the_batch_completed_with_the_rest_in_the_error_file(user, chat_model, engine):
+def test_a_processing_error_ends_the_batch_completed_with_the_rest_in_the_error_file(
+    settings, user, chat_model, engine
+):
+    settings.VLLM_BATCH = {**settings.VLLM_BATCH, "RUN_ORDER_LOOKAHEAD": 0}  # file order: a, b come before the poison
+
     def poison(item):
         if "poison" in prompt_text(item):
             raise RuntimeError("a bug in the response builder")
