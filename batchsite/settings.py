@@ -60,6 +60,13 @@ def env_list(name, default=""):
     return [item.strip() for item in env_str(name, default).split(",") if item.strip()]
 
 
+def env_choice(name, default, choices):
+    raw = env_str(name, default).strip().lower() or default
+    if raw not in choices:
+        raise ImproperlyConfigured(f"{name} must be one of {', '.join(choices)}, got {raw!r}")
+    return raw
+
+
 VAR_DIR = Path(env_str("VLLM_BATCH_VAR_DIR", str(BASE_DIR / "var")))
 
 DEBUG = env_bool("DEBUG", False)
@@ -220,6 +227,10 @@ VLLM_BATCH = {
     # expected output first, shared first messages together (0: file order).
     "RUN_ORDER_LOOKAHEAD": env_int("VLLM_BATCH_RUN_ORDER_LOOKAHEAD", 2048),
     "WATCHDOG_MINUTES": env_int("VLLM_BATCH_WATCHDOG_MINUTES", 1),
+    # The Linux scheduling policy of vLLM's engine processes (workers/engine/cpu_policy.py):
+    # idle: any other process that wants a CPU (the web answering, the database) gets
+    # it at once, the engine takes the rest; normal: the engine competes as an equal.
+    "ENGINE_CPU_POLICY": env_choice("VLLM_BATCH_ENGINE_CPU_POLICY", "idle", ("idle", "normal")),
     # Workers write their heartbeat row this often, from a thread.
     "HEARTBEAT_SECONDS": env_float("VLLM_BATCH_HEARTBEAT_SECONDS", 10.0),
     # A batch under which the engine's process dies is resumed on a new engine;

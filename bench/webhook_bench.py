@@ -19,6 +19,7 @@ and cache, as a production install has them.
 import argparse
 import copy
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -103,12 +104,21 @@ def main():
     parser.add_argument("--database-url", default=None, help="a PostgreSQL database for the bench alone")
     parser.add_argument("--redis-url", default=None, help="Redis as broker and cache")
     parser.add_argument("--worker-nice", type=int, default=0, help="start the cluster at this CPU niceness")
+    parser.add_argument(
+        "--client-nice",
+        type=int,
+        default=0,
+        help="this process's CPU niceness once the stack runs (negative needs root): separates its own waits",
+    )
+    parser.add_argument(
+        "--engine-cpu-policy", choices=("idle", "normal"), default="idle", help="VLLM_BATCH_ENGINE_CPU_POLICY"
+    )
     args = parser.parse_args()
     out = args.out or Path(tempfile.mkdtemp(prefix="webhook-bench-"))
     model = out / "tiny-llama"
     if not (model / "config.json").exists():
         build_tiny_model(model)
-    env = dict(ENV)
+    env = {**ENV, "VLLM_BATCH_ENGINE_CPU_POLICY": args.engine_cpu_policy}
     if args.database_url:
         fresh_database(args.database_url)
         env["DATABASE_URL"] = args.database_url
@@ -121,6 +131,8 @@ def main():
         key = stack.create_api_key("bench")
         stack.start_web()
         stack.start_worker(nice=args.worker_nice)
+        if args.client_nice:
+            os.setpriority(os.PRIO_PROCESS, 0, args.client_nice)
         client = openai.OpenAI(base_url=stack.base_url, api_key=key, max_retries=0, timeout=60)
         url = f"{stack.base_url}/webhooks/label-studio"
         bodies = deliveries(2 * args.deliveries)
@@ -157,7 +169,10 @@ def main():
             running = state.status == "in_progress"
         processed, total = wait_applied(stack, len(bodies), args.apply_timeout)
         print(f"database:         {database}{' + Redis broker' if args.redis_url else ''}")
-        print(f"cluster nice:     {args.worker_nice}")
+        print(
+            f"cluster nice:     {args.worker_nice}, engine CPU policy {args.engine_cpu_policy}, "
+            f"client nice {args.client_nice}"
+        )
         print(f"idle worker:      {summary(idle)}")
         print(f"batch running:    {summary(busy)}   (batch still in progress at the end: {running})")
         print(f"events applied:   {processed} of {total} stored")

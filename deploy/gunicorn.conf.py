@@ -2,8 +2,10 @@
 (make serve, the systemd unit). Flags on the command line or in GUNICORN_CMD_ARGS
 override these, e.g. GUNICORN_CMD_ARGS="-b 0.0.0.0:8000 -w 8"."""
 
+import gc
 import os
 import shutil
+import sys
 from pathlib import Path
 
 # Each web process writes its realtime latency observations here, and /metrics sums
@@ -29,6 +31,24 @@ backlog = 2048
 # Behind a proxy on this host: trust its X-Forwarded-* headers (Django reads
 # X-Forwarded-Proto only when VLLM_BATCH_BEHIND_PROXY / VLLM_BATCH_HTTPS is set).
 forwarded_allow_ips = "127.0.0.1,::1"
+
+
+def post_fork(server, worker):
+    # A thread that wants the GIL asks the holder to drop it after this long. At
+    # Python's 5 ms a request thread waited up to 5 ms at each database round trip
+    # while another thread of its process (Label Studio events being applied, a
+    # realtime stream) ran Python.
+    sys.setswitchinterval(0.0005)
+
+
+def post_worker_init(worker):
+    # The app's ~130,000 objects live as long as the process: out of the garbage
+    # collector's sight, its full collections (which every request of the process
+    # waits for) take a few ms instead of 110-170 ms on a 2-core machine.
+    from django.urls import get_resolver
+
+    _ = get_resolver().url_patterns  # imports every view now, not on the first request
+    gc.freeze()
 
 
 def on_starting(server):

@@ -1,6 +1,7 @@
 """`manage.py worker ...` against the running cluster and the real engine."""
 
 import json
+import os
 import subprocess
 import time
 
@@ -87,6 +88,10 @@ def test_clear_gpu_unloads_the_model_and_keeps_the_worker(stack, client):
         p.pid for p in psutil.Process(before["pid"]).children(recursive=True) if "VLLM" in " ".join(p.cmdline())
     ]
     assert engine_pids, "the engine runs in child processes (VLLM::EngineCore)"
+    # Under SCHED_IDLE (VLLM_BATCH_ENGINE_CPU_POLICY's default), every thread; the worker itself is not.
+    engine_threads = [t.id for pid in engine_pids for t in psutil.Process(pid).threads()]
+    assert {os.sched_getscheduler(tid) for tid in engine_threads} == {os.SCHED_IDLE}
+    assert os.sched_getscheduler(before["pid"]) == os.SCHED_OTHER
 
     result = worker_cli(stack, "clear-gpu", "--worker", str(before["id"]), "--wait")
 

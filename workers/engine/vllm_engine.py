@@ -36,6 +36,7 @@ from vllm.pooling_params import PoolingParams
 from vllm.sampling_params import RequestOutputKind, SamplingParams, StructuredOutputsParams
 from vllm.v1.engine.exceptions import EngineDeadError
 
+from . import cpu_policy
 from .types import (
     Choice,
     Embedding,
@@ -207,7 +208,9 @@ class Engine:
         args = {"served_model_name": name, **llm_kwargs(self.engine_args)}
         started = time.monotonic()
         logger.info("loading model %s from %s", name, args.get("model"))
+        before = cpu_policy.child_pids()
         self.llm = vllm.LLM(**args)
+        cpu_policy.apply_to_engine(settings.VLLM_BATCH["ENGINE_CPU_POLICY"], before)
         self.max_model_len = self.llm.llm_engine.model_config.max_model_len
         logger.info("model %s loaded in %.1f s", name, time.monotonic() - started)
         self._closed = threading.Event()
